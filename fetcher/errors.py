@@ -116,9 +116,17 @@ class RetryableDownloadError(DownloadError):
 class ObjectChangedError(DownloadError):
     """The object behind the URL is not the one the partial file was pinned to."""
 
+    def __init__(self, message: str, *, crc64: int | None = None) -> None:
+        super().__init__(message)
+        self.crc64 = crc64  # the new object's x-oss-hash-crc64ecma, when the answer had one
+
 
 class UrlExpiredError(DownloadError):
     """OSS refused the signed URL (expired, or its signature no longer valid)."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
 
 
 class ArchivedObjectError(DownloadError):

@@ -1,0 +1,618 @@
+"""The transfer engine: files at once, ranged segments, resume, URL refresh, verification.
+
+One ``FileTransfer`` per planned file. It pins the remote object (size, ETag, expected
+CRC64) in a state file beside ``<name>.part``, streams one or several ranged GETs into the
+part file through worker threads, checkpoints (fsync, then state) as it goes, and gives the
+file its final name only after the CRC64 computed from the arriving bytes matches.
+
+Failure handling, in one place:
+
+* a network error, truncated body, stall or 5xx: retry that segment from its last good
+  byte, with backoff; ``retries`` consecutive failures without progress fail the file;
+* a refused or expired URL: ask the API for the set again and carry on with the fresh URL
+  (bounded: refusals without progress in between fail the file);
+* the object changed (412, new ETag or size, 200 to a range): discard the partial, start over;
+* CRC64 mismatch: discard, download once more from scratch, then fail;
+* local disk errors: keep the partial and its state for a later run, fail the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import aiohttp
+
+from fetcher import checksum
+from fetcher.download import state as statefile
+from fetcher.download.http import ObjectResponse, RangeNotSatisfiable, open_object, url_expires_at
+from fetcher.download.partfile import PartFile, local_error
+from fetcher.download.ratelimit import RateLimiter
+from fetcher.download.state import ResumeState, Segment
+from fetcher.errors import (
+    ArchivedObjectError,
+    DownloadError,
+    LocalIOError,
+    ObjectChangedError,
+    RetryableDownloadError,
+    UrlExpiredError,
+)
+from fetcher.plan import PlannedFile
+
+Status = Literal["verified", "unverified", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    jobs: int = 4
+    connections: int = 4
+    segment_threshold: int = 64 << 20  # files at least this big are split...
+    min_segment: int = 16 << 20  # ...into segments at least this big
+    retries: int = 5
+    limit_rate: int | None = None
+    sha256: bool = True
+    require_checksum: bool = False
+    connect_timeout: float = 30.0
+    stall_timeout: float = 30.0  # no byte for this long: abort the request and retry
+    checkpoint_seconds: float = 1.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    batch_bytes: int = 1 << 20
+    max_restarts: int = 3  # clean restarts because the object changed
+    max_refreshes: int = 3  # URL refreshes in a row without progress
+    url_margin: float = 5.0  # refresh a URL this close to its expiry before using it
+
+
+@dataclass(frozen=True)
+class FileResult:
+    file: PlannedFile
+    status: Status
+    size: int | None = None
+    crc64: int | None = None
+    crc64_expected: int | None = None
+    crc64_source: Literal["api", "oss-header"] | None = None
+    sha256: str | None = None
+    reason: str | None = None
+    transferred: int = 0  # bytes received over the network in this run
+    resumed: int = 0  # bytes kept from an earlier run
+
+
+class Reporter(Protocol):
+    """What the engine tells the outside world; the CLI renders it (bars, logs, JSON)."""
+
+    def file_started(self, file: PlannedFile, size: int | None, resumed: int) -> None: ...
+
+    def file_progress(self, file: PlannedFile, n: int) -> None: ...
+
+    def file_event(self, file: PlannedFile, event: str, message: str) -> None: ...
+
+    def file_finished(self, result: FileResult) -> None: ...
+
+
+Refresher = Callable[[PlannedFile], Awaitable[PlannedFile | None]]
+
+
+class NullReporter:
+    def file_started(self, file: PlannedFile, size: int | None, resumed: int) -> None:
+        pass
+
+    def file_progress(self, file: PlannedFile, n: int) -> None:
+        pass
+
+    def file_event(self, file: PlannedFile, event: str, message: str) -> None:
+        pass
+
+    def file_finished(self, result: FileResult) -> None:
+        pass
+
+
+@dataclass
+class _Outcome:
+    size: int
+    crc64: int
+    header_crc: int | None
+    sha256: str | None
+
+
+class _Restart(Exception):
+    """Internal: discard the partial and start the file over (reason in args[0])."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Downloader:
+    """Runs planned files through ``FileTransfer``s, ``jobs`` at a time, on one session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: DownloadConfig,
+        *,
+        reporter: Reporter | None = None,
+        refresh: Refresher | None = None,
+        on_result: Callable[[FileResult], Awaitable[None]] | None = None,
+    ) -> None:
+        self.session = session
+        self.config = config
+        self.reporter = reporter or NullReporter()
+        self.refresh = refresh
+        self.on_result = on_result
+        self.limiter = RateLimiter(config.limit_rate) if config.limit_rate else None
+        workers = max(4, min(64, config.jobs * config.connections + 2))
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetcher-io")
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout, sock_read=config.stall_timeout
+        )
+
+    async def run(self, files: list[PlannedFile], dest: Path) -> list[FileResult]:
+        limit = asyncio.Semaphore(max(1, self.config.jobs))
+
+        async def one(f: PlannedFile) -> FileResult:
+            async with limit:
+                result = await FileTransfer(self, f, dest).run()
+            if self.on_result is not None:
+                await self.on_result(result)
+            return result
+
+        tasks = [asyncio.ensure_future(one(f)) for f in files]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks)
+            raise
+        finally:
+            self.executor.shutdown(wait=True)
+
+    async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def backoff(self, failures: int) -> float:
+        ceiling = min(self.config.backoff_cap, self.config.backoff_base * 2 ** max(0, failures - 1))
+        return float(ceiling * (0.5 + random.random() / 2))
+
+
+class FileTransfer:
+    """One planned file from URL to verified final name."""
+
+    def __init__(self, downloader: Downloader, file: PlannedFile, dest: Path) -> None:
+        self.d = downloader
+        self.config = downloader.config
+        self.file = file
+        self.target = dest / file.rel_path
+        self.part_path = statefile.part_path(self.target)
+        self.state_path = statefile.state_path(self.target)
+        self.url = file.url
+        self._refresh_lock = asyncio.Lock()
+        self._refreshes_without_progress = 0
+        self._no_segments = False
+        self.transferred = 0
+        self.resumed = 0
+        self._state: ResumeState | None = None
+        self._part: PartFile | None = None
+        self._dirty = asyncio.Event()
+
+    # ------------------------------------------------------------------ the whole file
+
+    async def run(self) -> FileResult:
+        try:
+            result = await self._run()
+        except ArchivedObjectError as exc:
+            result = FileResult(self.file, "skipped", reason=exc.message)
+        except DownloadError as exc:
+            result = self._failed(exc.message)
+        self.d.reporter.file_finished(result)
+        return result
+
+    def _failed(self, reason: str, **kw: object) -> FileResult:
+        return FileResult(
+            self.file, "failed", reason=reason, transferred=self.transferred,
+            resumed=self.resumed, **kw,  # type: ignore[arg-type]
+        )
+
+    async def _run(self) -> FileResult:
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise local_error(exc, self.target.parent, "cannot create folder") from exc
+        state = self._load_state()
+        mismatches = 0
+        restarts = 0
+        while True:
+            try:
+                outcome = await self._transfer(state)
+            except _Restart as why:
+                restarts += 1
+                await self.d.in_thread(statefile.discard, self.target)
+                state = None
+                if restarts > self.config.max_restarts:
+                    raise DownloadError(f"gave up: {why.args[0]} ({restarts} restarts)") from None
+                self.d.reporter.file_event(self.file, "file.restart", f"starting over: {why.args[0]}")
+                continue
+            expected, source = self._expected(outcome)
+            if expected is not None and outcome.crc64 != expected:
+                await self.d.in_thread(statefile.discard, self.target)
+                state = None
+                reason = (
+                    f"CRC64 mismatch: expected {expected} ({source}), got {outcome.crc64}"
+                )
+                mismatches += 1
+                if mismatches == 1:
+                    self.d.reporter.file_event(
+                        self.file, "file.retry", f"{reason}; downloading again from scratch"
+                    )
+                    continue
+                return self._failed(
+                    reason, size=outcome.size, crc64=outcome.crc64, crc64_expected=expected,
+                    crc64_source=source,
+                )
+            if expected is None and self.config.require_checksum:
+                await self.d.in_thread(statefile.discard, self.target)
+                return self._failed(
+                    "no CRC64 to check against (--require-checksum)",
+                    size=outcome.size, crc64=outcome.crc64,
+                )
+            await self.d.in_thread(self._finalize)
+            return FileResult(
+                self.file,
+                "verified" if expected is not None else "unverified",
+                size=outcome.size,
+                crc64=outcome.crc64,
+                crc64_expected=expected,
+                crc64_source=source,
+                sha256=outcome.sha256,
+                transferred=self.transferred,
+                resumed=self.resumed,
+            )
+
+    def _expected(self, outcome: _Outcome) -> tuple[int | None, Literal["api", "oss-header"] | None]:
+        if self.file.expected_crc is not None:
+            return self.file.expected_crc, "api"
+        if outcome.header_crc is not None:
+            return outcome.header_crc, "oss-header"
+        return None, None
+
+    def _finalize(self) -> None:
+        """Give the part file its final name (it is already synced) and drop its state."""
+        try:
+            os.replace(self.part_path, self.target)
+            _fsync_dir(self.target.parent)
+        except OSError as exc:
+            raise local_error(exc, self.target, "cannot rename into place") from exc
+        for p in (self.state_path,):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _load_state(self) -> ResumeState | None:
+        """A kept partial, if its state is intact and about the object the plan names."""
+        state = statefile.load(self.state_path)
+        usable = (
+            state is not None
+            and self.part_path.is_file()
+            and state.matches(
+                self.file.instance_id, self.file.backup_id, self.file.database,
+                self.file.expected_crc,
+            )
+        )
+        if usable and state is not None:
+            try:
+                on_disk = self.part_path.stat().st_size
+            except OSError:
+                on_disk = -1
+            if all(on_disk >= s.next_offset for s in state.segments):
+                return state
+        if state is not None or self.part_path.exists():
+            statefile.discard(self.target)
+        return None
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _transfer(self, state: ResumeState | None) -> _Outcome:
+        part = PartFile(self.part_path, self.config.sha256)
+        self._part = part
+        checkpointer: asyncio.Task[None] | None = None
+        try:
+            if state is None:
+                part.truncate(0)
+                first, state = await self._discover(part)
+            else:
+                first = None
+                self.resumed = state.done_bytes()
+            self._state = state
+            part.segments = state.segments
+            self.d.reporter.file_started(self.file, state.size, state.done_bytes())
+            if state.etag:
+                await self.d.in_thread(statefile.save, self.state_path, state)
+                checkpointer = asyncio.ensure_future(self._checkpoints(part, state))
+            tasks = []
+            for seg in state.segments:
+                if seg.complete:
+                    continue
+                use = first if (first is not None and seg.start == first.start) else None
+                tasks.append(asyncio.ensure_future(self._run_segment(part, state, seg, use)))
+                if use is not None:
+                    first = None
+            if first is not None:
+                first.close()
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.wait(tasks) if tasks else None
+                raise
+            if checkpointer is not None:
+                checkpointer.cancel()
+                checkpointer = None
+            crc = 0
+            for seg in state.segments:
+                crc = checksum.combine(crc, seg.crc64, seg.length)
+            sha = await self.d.in_thread(part.finish_sha256, state.size)
+            await self.d.in_thread(part.sync)
+            return _Outcome(state.size, crc, state.header_crc64, sha if isinstance(sha, str) else None)
+        except ObjectChangedError as exc:
+            await self._on_object_changed(exc)
+            raise _Restart(exc.message) from None
+        finally:
+            if checkpointer is not None:
+                checkpointer.cancel()
+                await asyncio.wait([checkpointer])
+                if state is not None and state.etag and not all(s.complete for s in state.segments):
+                    # Whatever happened, keep what is on disk for the next attempt or run.
+                    try:
+                        await asyncio.shield(self.d.in_thread(self._checkpoint_now, part, state))
+                    except (LocalIOError, asyncio.CancelledError):
+                        pass
+            part.close()
+            self._part = None
+
+    async def _on_object_changed(self, exc: ObjectChangedError) -> None:
+        """A changed object can only be accepted if the API now vouches for it."""
+        self._no_segments = True
+        if self.file.expected_crc is None:
+            return  # verified against the new object's own CRC64 header instead
+        fresh = await self._ask_api()
+        if fresh.expected_crc != self.file.expected_crc:
+            self.file = fresh
+            self.url = fresh.url
+            return
+        if exc.crc64 is not None and exc.crc64 == self.file.expected_crc:
+            return  # same bytes re-uploaded (new ETag, same CRC64)
+        raise DownloadError(
+            f"{exc.message}, and the API's Checksum still names the old object"
+        )
+
+    async def _discover(self, part: PartFile) -> tuple[ObjectResponse | None, ResumeState]:
+        """First request of a fresh download: learn size, ETag and CRC64 header."""
+        cfg = self.config
+        guess = self.file.expected_size
+        first_end = None
+        if guess and guess >= cfg.segment_threshold and cfg.connections > 1 and not self._no_segments:
+            first_end = statefile.split(guess, self._segment_count(guess), cfg.min_segment)[0].end
+        send_range = True
+        failures = 0
+        while True:
+            url = await self._current_url()
+            try:
+                resp = await open_object(
+                    self.d.session, url, start=0, end=first_end, etag=None,
+                    expected_total=None, timeout=self.d.timeout, send_range=send_range,
+                )
+                break
+            except RangeNotSatisfiable:
+                send_range = False  # an empty object: ask for it whole
+            except UrlExpiredError as exc:
+                await self._refresh_url(url, exc)
+            except RetryableDownloadError as exc:
+                failures += 1
+                await self._retry_wait(failures, exc)
+        total = resp.info.total
+        if total is None:
+            resp.close()
+            raise DownloadError("the server sent no Content-Length or Content-Range")
+        if resp.partial and resp.end is not None and resp.end < total:
+            segments = [Segment(0, resp.end)] + self._split_rest(resp.end, total)
+        elif resp.partial and total >= cfg.segment_threshold and not self._no_segments:
+            segments = statefile.split(total, self._segment_count(total), cfg.min_segment)
+        else:
+            segments = statefile.split(total, 1)
+        part.preallocate(total)
+        state = ResumeState(
+            instance=self.file.instance_id,
+            backup_id=self.file.backup_id,
+            database=self.file.database,
+            size=total,
+            etag=resp.info.etag or "",
+            expected_crc64=self.file.expected_crc,
+            header_crc64=resp.info.crc64,
+            segments=segments,
+        )
+        if not resp.partial or not resp.info.etag:
+            # Without ranges or an ETag the object cannot be pinned: one stream, no resume.
+            state.segments = statefile.split(total, 1)
+        return resp, state
+
+    def _segment_count(self, size: int) -> int:
+        if self._no_segments or self.config.connections <= 1 or size < self.config.segment_threshold:
+            return 1
+        return max(1, min(self.config.connections, size // self.config.min_segment))
+
+    def _split_rest(self, start: int, total: int) -> list[Segment]:
+        n = max(1, self._segment_count(total) - 1)
+        rest = statefile.split(total - start, n, self.config.min_segment)
+        return [Segment(s.start + start, s.end + start) for s in rest]
+
+    # ------------------------------------------------------------------ segments
+
+    async def _run_segment(
+        self, part: PartFile, state: ResumeState, seg: Segment, first: ObjectResponse | None
+    ) -> None:
+        failures = 0
+        resp = first
+        while not seg.complete:
+            before = seg.done
+            try:
+                if resp is None:
+                    url = await self._current_url()
+                    resp = await open_object(
+                        self.d.session, url, start=seg.next_offset, end=seg.end,
+                        etag=state.etag or None, expected_total=state.size,
+                        timeout=self.d.timeout,
+                    )
+                    if resp.info.crc64 is not None and state.header_crc64 is not None and (
+                        resp.info.crc64 != state.header_crc64
+                    ):
+                        raise ObjectChangedError("the object's CRC64 header changed", crc64=resp.info.crc64)
+                await self._stream(part, seg, resp)
+            except UrlExpiredError as exc:
+                await self._refresh_url(self.url, exc)
+            except RetryableDownloadError as exc:
+                if seg.done - before >= (1 << 20):
+                    failures = 0
+                failures += 1
+                if failures > self.config.retries:
+                    raise DownloadError(
+                        f"gave up after {self.config.retries} retries: {exc.message}"
+                    ) from None
+                await self._retry_wait(failures, exc)
+            finally:
+                if resp is not None:
+                    resp.close()
+                resp = None
+
+    async def _stream(self, part: PartFile, seg: Segment, resp: ObjectResponse) -> None:
+        """Move bytes from one response into the segment, hashing and writing off-loop."""
+        loop = asyncio.get_running_loop()
+        content = resp.response.content
+        limiter = self.d.limiter
+        batch_limit = self.config.batch_bytes
+        remaining = seg.length - seg.done
+        pending: asyncio.Future[int] | None = None
+        batch: list[bytes] = []
+        batch_len = 0
+        progress = self.d.reporter.file_progress
+        try:
+            while remaining > 0:
+                try:
+                    data = await content.readany()
+                except asyncio.TimeoutError as exc:
+                    raise RetryableDownloadError(
+                        f"stalled: no data for {self.config.stall_timeout:g}s"
+                    ) from exc
+                except aiohttp.ClientError as exc:
+                    raise RetryableDownloadError(
+                        f"connection broken ({exc.__class__.__name__})"
+                    ) from exc
+                if not data:
+                    raise RetryableDownloadError("connection closed before the end of the range")
+                if len(data) > remaining:
+                    data = data[:remaining]
+                n = len(data)
+                if limiter is not None:
+                    await limiter.take(n)
+                remaining -= n
+                self.transferred += n
+                progress(self.file, n)
+                batch.append(data)
+                batch_len += n
+                if batch_len >= batch_limit or remaining == 0:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(self.d.executor, part.write, seg, batch)
+                    batch, batch_len = [], 0
+                    self._refreshes_without_progress = 0
+        finally:
+            if pending is not None:
+                # The write is in a thread and cannot be cancelled; let it land so the
+                # segment's progress is exact before anyone checkpoints it.
+                await asyncio.wait([pending])
+                if not pending.cancelled() and pending.exception() is not None:
+                    raise pending.exception()  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint_now(self, part: PartFile, state: ResumeState) -> None:
+        snapshot = part.snapshot()  # before the sync: claim only bytes the sync covers
+        part.sync()
+        saved = ResumeState(
+            state.instance, state.backup_id, state.database, state.size, state.etag,
+            state.expected_crc64, state.header_crc64, snapshot,
+        )
+        try:
+            statefile.save(self.state_path, saved)
+        except OSError as exc:
+            raise local_error(exc, self.state_path, "cannot save resume state") from exc
+
+    async def _checkpoints(self, part: PartFile, state: ResumeState) -> None:
+        last = state.done_bytes()
+        while True:
+            await asyncio.sleep(self.config.checkpoint_seconds)
+            done = sum(s.done for s in part.snapshot())
+            if done != last:
+                await self.d.in_thread(self._checkpoint_now, part, state)
+                last = done
+
+    # ------------------------------------------------------------------ URLs and waits
+
+    async def _retry_wait(self, failures: int, exc: DownloadError) -> None:
+        if failures > self.config.retries:
+            raise DownloadError(f"gave up after {self.config.retries} retries: {exc.message}")
+        delay = self.d.backoff(failures)
+        self.d.reporter.file_event(
+            self.file, "file.retry",
+            f"{exc.message}; retry {failures}/{self.config.retries} in {delay:.1f}s",
+        )
+        await asyncio.sleep(delay)
+
+    async def _current_url(self) -> str:
+        expires = url_expires_at(self.url)
+        if expires is not None and expires - self.config.url_margin < time.time():
+            await self._refresh_url(self.url, None)
+        return self.url
+
+    async def _ask_api(self) -> PlannedFile:
+        if self.d.refresh is None:
+            raise DownloadError("the download URL expired and cannot be refreshed here")
+        fresh = await self.d.refresh(self.file)
+        if fresh is None:
+            raise DownloadError("the backup set is no longer listed by the API")
+        return fresh
+
+    async def _refresh_url(self, refused: str, exc: UrlExpiredError | None) -> None:
+        async with self._refresh_lock:
+            if self.url != refused:
+                return  # another segment refreshed it meanwhile
+            self._refreshes_without_progress += 1
+            if self._refreshes_without_progress > self.config.max_refreshes:
+                detail = exc.message if exc else "URL expired"
+                raise DownloadError(f"{detail}, even after asking the API for a fresh URL")
+            why = exc.message if exc else "URL about to expire"
+            self.d.reporter.file_event(self.file, "file.refresh", f"{why}; asking the API for a fresh URL")
+            fresh = await self._ask_api()
+            if fresh.expected_crc != self.file.expected_crc:
+                self.file = fresh
+                self.url = fresh.url
+                raise ObjectChangedError("the API now gives a different Checksum for this set")
+            self.file = fresh
+            self.url = fresh.url

@@ -1,0 +1,111 @@
+"""Object content for the emulator: generated on the fly, from bytes, or from a file.
+
+Generated content is deterministic and never periodic: every 64 KiB block starts with the
+object's tag and the block number, so a block written at the wrong offset is always caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from fetcher import checksum
+
+BLOCK = 64 * 1024
+_HEADER = struct.Struct("<8sQ")
+
+
+class Content:
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def chunks(self, start: int, end: int, chunk: int = 1 << 20) -> list[tuple[int, int]]:
+        return [(o, min(chunk, end - o)) for o in range(start, end, chunk)]
+
+    @cached_property
+    def crc64(self) -> int:
+        crc = 0
+        for offset, length in self.chunks(0, self.size, 8 << 20):
+            crc = checksum.crc64(self.read(offset, length), crc)
+        return crc
+
+    @cached_property
+    def md5_etag(self) -> str:
+        """An OSS-style ETag: upper-case hex, quoted."""
+        h = hashlib.md5(usedforsecurity=False)
+        for offset, length in self.chunks(0, self.size, 8 << 20):
+            h.update(self.read(offset, length))
+        return f'"{h.hexdigest().upper()}"'
+
+
+@dataclass(eq=False)
+class GeneratedContent(Content):
+    seed: str
+    size: int
+
+    @cached_property
+    def _tag(self) -> bytes:
+        return hashlib.sha256(self.seed.encode()).digest()[:8]
+
+    @cached_property
+    def _tail(self) -> bytes:
+        rng = random.Random(self.seed)
+        return rng.randbytes(BLOCK - _HEADER.size)
+
+    def _block(self, index: int) -> bytes:
+        return _HEADER.pack(self._tag, index) + self._tail
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        data = b"".join(self._block(i) for i in range(first, last + 1))
+        start = offset - first * BLOCK
+        return data[start : start + (end - offset)]
+
+    @cached_property
+    def md5_etag(self) -> str:
+        # Hashing gigabytes for an ETag would slow every start; OSS ETags are opaque anyway.
+        digest = hashlib.md5(f"{self.seed}:{self.size}".encode(), usedforsecurity=False)
+        return f'"{digest.hexdigest().upper()}"'
+
+
+@dataclass(eq=False)
+class BytesContent(Content):
+    data: bytes
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+@dataclass(eq=False)
+class FileContent(Content):
+    path: Path
+
+    @cached_property
+    def size(self) -> int:  # type: ignore[override]
+        return self.path.stat().st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with open(self.path, "rb") as f:
+            return os.pread(f.fileno(), length, offset)
+
+    @cached_property
+    def md5_etag(self) -> str:
+        st = self.path.stat()
+        digest = hashlib.md5(
+            f"{self.path}:{st.st_size}:{st.st_mtime_ns}".encode(), usedforsecurity=False
+        )
+        return f'"{digest.hexdigest().upper()}"'
