@@ -121,6 +121,23 @@ class _Outcome:
     sha256: str | None
 
 
+def _leftover(content: aiohttp.StreamReader) -> bytes:
+    """Bytes that arrived before a connection broke.
+
+    aiohttp's ``readany`` raises the payload error before handing out what is still
+    buffered; those bytes are good (they came in order, before the break), and keeping them
+    makes a retry resume exactly where the server stopped. Private API, so guarded.
+    """
+    read = getattr(content, "_read_nowait", None)
+    if read is None or not getattr(content, "_buffer", None):
+        return b""
+    try:
+        data = read(-1)
+    except Exception:
+        return b""
+    return data if isinstance(data, bytes) else b""
+
+
 class _Restart(Exception):
     """Internal: discard the partial and start the file over (reason in args[0])."""
 
@@ -514,18 +531,21 @@ class FileTransfer:
         progress = self.d.reporter.file_progress
         try:
             while remaining > 0:
+                broken: RetryableDownloadError | None = None
                 try:
                     data = await content.readany()
-                except asyncio.TimeoutError as exc:
-                    raise RetryableDownloadError(
+                except asyncio.TimeoutError:
+                    data = b""
+                    broken = RetryableDownloadError(
                         f"stalled: no data for {self.config.stall_timeout:g}s"
-                    ) from exc
+                    )
                 except aiohttp.ClientError as exc:
-                    raise RetryableDownloadError(
-                        f"connection broken ({exc.__class__.__name__})"
-                    ) from exc
+                    data = _leftover(content)
+                    broken = RetryableDownloadError(f"connection broken ({exc.__class__.__name__})")
                 if not data:
-                    raise RetryableDownloadError("connection closed before the end of the range")
+                    raise broken or RetryableDownloadError(
+                        "connection closed before the end of the range"
+                    )
                 if len(data) > remaining:
                     data = data[:remaining]
                 n = len(data)
@@ -536,6 +556,8 @@ class FileTransfer:
                 progress(self.file, n)
                 batch.append(data)
                 batch_len += n
+                if broken is not None:
+                    raise broken  # after keeping the bytes that did arrive
                 if batch_len >= batch_limit or remaining == 0:
                     if pending is not None:
                         await pending
@@ -543,12 +565,22 @@ class FileTransfer:
                     batch, batch_len = [], 0
                     self._refreshes_without_progress = 0
         finally:
-            if pending is not None:
-                # The write is in a thread and cannot be cancelled; let it land so the
-                # segment's progress is exact before anyone checkpoints it.
-                await asyncio.wait([pending])
-                if not pending.cancelled() and pending.exception() is not None:
-                    raise pending.exception()  # type: ignore[misc]
+            # Writes run in threads and cannot be cancelled: let them land, in order, so
+            # the segment's progress is exact before anyone checkpoints it. Bytes already
+            # received are good whatever broke the stream, so they are written too.
+            failed: BaseException | None = None
+            for job in (pending, batch):
+                if isinstance(job, list):
+                    if not job or failed is not None:
+                        continue
+                    job = loop.run_in_executor(self.d.executor, part.write, seg, job)
+                if job is None:
+                    continue
+                await asyncio.wait([job])
+                if not job.cancelled() and job.exception() is not None:
+                    failed = job.exception()
+            if failed is not None:
+                raise failed
 
     # ------------------------------------------------------------------ checkpoints
 
