@@ -18,6 +18,9 @@ from fetcher import checksum
 
 BLOCK = 64 * 1024
 _HEADER = struct.Struct("<8sQ")
+# One pseudo-random filler shared by every generated object: the per-block header (object
+# tag + block number) is what makes each block unique, so the filler need not be.
+_FILLER = random.Random("fetcher-emulator").randbytes(BLOCK - _HEADER.size)
 
 
 class Content:
@@ -54,13 +57,8 @@ class GeneratedContent(Content):
     def _tag(self) -> bytes:
         return hashlib.sha256(self.seed.encode()).digest()[:8]
 
-    @cached_property
-    def _tail(self) -> bytes:
-        rng = random.Random(self.seed)
-        return rng.randbytes(BLOCK - _HEADER.size)
-
     def _block(self, index: int) -> bytes:
-        return _HEADER.pack(self._tag, index) + self._tail
+        return _HEADER.pack(self._tag, index) + _FILLER
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(self.size, offset + length)
