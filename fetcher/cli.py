@@ -27,6 +27,7 @@ from fetcher.api.client import DEFAULT_ENDPOINT, ClientConfig, RdsClient
 from fetcher.api.models import BackupSet
 from fetcher.credentials import Credentials, profile_region, resolve
 from fetcher.errors import (
+    EXIT_API,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -376,7 +377,9 @@ def fetch(g: Globals, /, instance: str | None, all_instances: bool, latest: bool
         _print_plan(report.plan, dest)
         return EXIT_OK
     summary = _fetch_summary(report)
-    event("summary", summary, level=logging.DEBUG, verified=report.count("verified"),
+    # In JSON mode the summary is an event for log shippers; in text mode it goes to stdout.
+    event("summary", summary, level=logging.INFO if g.log_format == "json" else logging.DEBUG,
+          verified=report.count("verified"),
           unverified=report.count("unverified"), failed=report.count("failed"),
           skipped=len(report.skipped), already=len(report.already), bytes=report.transferred,
           elapsed=round(report.elapsed, 3))
@@ -439,6 +442,84 @@ def verify(g: Globals, /, manifest_path: Path, fmt: str, deep: bool) -> int:
                 f"{files_with} file(s)" + (f", {len(damaged)} damaged archive(s)" if damaged else "")
             )
     return EXIT_OK if result.ok and not damaged else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------- check
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--instance", "instances", multiple=True, metavar="ID",
+              help="DBInstanceId to check (repeat for several).")
+@click.option("--all-instances", is_flag=True, help="Every instance of the account in --region.")
+@click.option("--max-age", default="26h", show_default=True, metavar="DURATION",
+              help="Newest full backup must be younger than this (90m, 26h, 7d); failed backups "
+                   "started within it count against the instance.")
+@click.option("--probe", is_flag=True, help="One 1-byte GET per instance: the URL answers and the "
+                                            "object's CRC64 and size match the API.")
+@click.option("--network", type=click.Choice(["auto", "internal", "public"]), default="auto",
+              show_default=True, help="Which URL --probe uses.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "prometheus"]), default="table",
+              show_default=True, help="prometheus: node_exporter textfile metrics.")
+@click.pass_obj
+def check(g: Globals, /, instances: tuple[str, ...], all_instances: bool, max_age: str,
+          probe: bool, network: str, fmt: str) -> int:
+    """Health of each instance's newest full backup; downloads nothing.
+
+    \b
+    Exit 0 when every instance is healthy, 1 when any is not, 3 on API errors.
+    """
+    from datetime import datetime, timezone
+
+    import aiohttp
+
+    from fetcher import check as chk
+    from fetcher.fetch import list_instances
+    from fetcher.filters import validate_instance_id
+    from fetcher.units import parse_duration
+
+    if bool(instances) == all_instances:
+        raise UsageError("give --instance ID (one or more) or --all-instances")
+    ids = [validate_instance_id(i) for i in instances]
+    seconds = parse_duration(max_age)
+    creds = credentials(g)
+
+    async def go() -> chk.CheckReport:
+        async with api_client(g, creds) as client, aiohttp.ClientSession(trust_env=True) as session:
+            skipped: list[tuple[str, str]] = []
+            todo = list(dict.fromkeys(ids))
+            if all_instances:
+                found, skips = await list_instances(client)
+                todo = [i.instance_id for i in found]
+                skipped = [(s.instance_id, s.reason) for s in skips]
+            now = datetime.now(timezone.utc)
+            reachable = chk.Reachability(timeout=1.5)
+            limit = asyncio.Semaphore(8)
+
+            async def one(iid: str) -> chk.InstanceHealth:
+                async with limit:
+                    return await chk.check_instance(
+                        client, session, iid, now=now, max_age=seconds, do_probe=probe,
+                        network=network, reachable=reachable, timeout=g.timeout,  # type: ignore[arg-type]
+                    )
+
+            results = await asyncio.gather(*(one(i) for i in todo))
+            return chk.CheckReport(tuple(results), tuple(skipped))
+
+    report = run(go)
+    for inst in report.instances:
+        level = logging.INFO if inst.ok else logging.WARNING
+        event("check.instance", f"{inst.instance}: {'healthy' if inst.ok else '; '.join(inst.problems)}",
+              level=level if g.log_format == "json" else logging.DEBUG, instance=inst.instance,
+              ok=inst.ok, problems=list(inst.problems))
+    if fmt == "json":
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    elif fmt == "prometheus":
+        click.echo(chk.prometheus_text(report), nl=False)
+    else:
+        click.echo(chk.table_text(report))
+    if report.api_error:
+        return EXIT_API
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 # ----------------------------------------------------------------------------- emulator

@@ -69,6 +69,12 @@ def _identifier(value: str | None, option: str) -> str | None:
     return value
 
 
+def validate_instance_id(value: str, option: str = "--instance") -> str:
+    checked = _identifier(value, option)
+    assert checked is not None
+    return checked
+
+
 @dataclass(frozen=True)
 class BackupFilters:
     instance_id: str
@@ -119,8 +125,7 @@ def build_filters(
     resource_group: str | None = None,
 ) -> BackupFilters:
     """Validate raw option values into filters; raises UsageError naming the option."""
-    iid = _identifier(instance_id, "--instance")
-    assert iid is not None
+    iid = validate_instance_id(instance_id)
     start_dt = parse_time(start, "--start") if start is not None else None
     end_dt = parse_time(end, "--end") if end is not None else None
     start_s = format_api_time(start_dt) if start_dt else None
