@@ -325,3 +325,35 @@ def test_missing_instance_argument_is_usage_error(harness: Harness, tmp_path: Pa
     r = fetch(harness, tmp_path / "x", "--instance", DEMO_INSTANCE, "--jobs", "0")
     assert r.code == 2 and "--jobs" in r.stderr
     assert harness.emu.api_state.calls == []
+
+
+def test_all_instances_one_manifest(harness: Harness, tmp_path: Path) -> None:
+    dest = tmp_path / "fleet"
+    r = fetch(harness, dest, "--all-instances", "--latest", "--jobs", "2")
+    assert r.code == 0, r.output
+    m = read_manifest(dest)
+    got = {(f["instance"], f["backup_id"]) for f in m["files"]}
+    assert got == {("rm-bp1demo4mysql80", "900000105"), ("pgm-bp1demo4pg14", "910000202"),
+                   ("rm-bp1demo4mssql19", "920000301")}
+    reasons = {s["instance"]: s["reason"] for s in m["skipped"]}
+    assert reasons["rr-bp1demo4mysqlro"] == "read-only instance (no backups of its own)"
+    mssql = next(f for f in m["files"] if f["instance"] == "rm-bp1demo4mssql19")
+    assert mssql["status"] == "verified" and mssql["crc64_source"] == "oss-header"
+    # Without --latest every set is considered: the archived and snapshot ones are skipped.
+    r = fetch(harness, dest, "--all-instances")
+    assert r.code == 0, r.output
+    reasons = {(s["instance"], s["backup_id"]): s["reason"] for s in read_manifest(dest)["skipped"]}
+    assert reasons[("pgm-bp1demo4pg14", "910000201")] == "archived: restore it first"
+    assert reasons[("rm-bp1demo4mssql19", "920000302")] == "no download URL (BackupMethod Snapshot)"
+
+
+def test_archived_object_answering_invalid_object_state_is_skipped(make_harness: Any, tmp_path: Path) -> None:
+    # StorageClass says standard, but the object answers 403 InvalidObjectState.
+    h = make_harness(one_instance_doc([backup_doc("1", size=10_000), backup_doc("2", size=10_000)]))
+    h.emu.find("rm-test0001", "1").faults.archived = True
+    dest = tmp_path / "out"
+    r = fetch(h, dest, "--instance", "rm-test0001")
+    assert r.code == 0, r.output
+    m = read_manifest(dest)
+    assert [f["backup_id"] for f in m["files"]] == ["2"]
+    assert [(s["backup_id"], s["reason"]) for s in m["skipped"]] == [("1", "archived: restore it first")]
