@@ -96,10 +96,12 @@ def newest_full(backups: Iterable[BackupSet]) -> BackupSet | None:
 
 def count_failed_recent(backups: Iterable[BackupSet], now: datetime, max_age: float) -> int:
     since = now - timedelta(seconds=max_age)
-    return sum(
-        1 for b in backups
-        if b.status == "Failed" and (b.start or b.end) is not None and (b.start or b.end) >= since  # type: ignore[operator]
-    )
+    count = 0
+    for b in backups:
+        began = b.start or b.end
+        if b.status == "Failed" and began is not None and began >= since:
+            count += 1
+    return count
 
 
 def assess(
