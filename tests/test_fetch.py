@@ -334,7 +334,7 @@ def test_all_instances_one_manifest(harness: Harness, tmp_path: Path) -> None:
     m = read_manifest(dest)
     got = {(f["instance"], f["backup_id"]) for f in m["files"]}
     assert got == {("rm-bp1demo4mysql80", "900000105"), ("pgm-bp1demo4pg14", "910000202"),
-                   ("rm-bp1demo4mssql19", "920000301")}
+                   ("rm-bp1demo4mssql19", "920000301"), ("rm-bp1demo4drill", "930000410")}
     reasons = {s["instance"]: s["reason"] for s in m["skipped"]}
     assert reasons["rr-bp1demo4mysqlro"] == "read-only instance (no backups of its own)"
     mssql = next(f for f in m["files"] if f["instance"] == "rm-bp1demo4mssql19")
