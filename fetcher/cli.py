@@ -427,8 +427,9 @@ def verify(g: Globals, /, manifest_path: Path, fmt: str, deep: bool) -> int:
         for p in result.problems:
             click.echo(f"{p.problem.upper():<8} {p.path}: {p.detail}")
         for d in deep_results:
-            label = {"ok": "structure ok", "damaged": f"damaged: {d.detail}",
-                     "unrecognised": "format not recognised"}[d.structure]
+            note = f" ({d.detail})" if d.detail else ""
+            label = {"ok": f"structure ok{note}", "damaged": f"damaged: {d.detail}",
+                     "unrecognised": f"format not recognised{note}"}[d.structure]
             fmt_name = f" ({d.format})" if d.format else ""
             click.echo(f"{'DEEP':<8} {d.path}{fmt_name}: {label}")
         for name in result.failed_entries:
