@@ -22,6 +22,7 @@ computed from the object unless the set gives them (``"Checksum": null`` drops i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field, fields
@@ -42,12 +43,15 @@ class Faults:
     """Per-object fault knobs; tests set them directly, data sets under ``"faults"``."""
 
     drop_after: int | None = None  # close the connection after this many body bytes...
-    drop_times: int = 0  # ...for this many GETs
+    drop_times: int = 0  # ...for this many GETs (shared with drop_at)
+    # Close the connection when the body reaches this object offset, in GETs whose range
+    # holds it (so a drop "at 50%" hits whichever segment carries that byte).
+    drop_at: int | None = None
     stall_after: int | None = None  # send this many bytes, then go silent...
     stall_times: int = 0  # ...for this many GETs
     stall_seconds: float = 3600.0
     corrupt_offset: int | None = None  # flip the byte at this object offset...
-    corrupt_times: int | None = None  # ...in this many GETs (None: always)
+    corrupt_times: int | None = None  # ...in this many GETs that carry it (None: always)
     change_after_gets: int | None = None  # replace the object after this many GETs
     rate: int | None = None  # bytes per second per connection
     url_ttl: float | None = None  # lifetime of this object's signed URLs
@@ -93,6 +97,7 @@ class EmuObject:
     faults: Faults = field(default_factory=Faults)
     stats: ObjectStats = field(default_factory=ObjectStats)
     version: int = 0
+    reuploads: int = 0  # same bytes uploaded again this many times (each gives a new ETag)
 
     @property
     def size(self) -> int:
@@ -100,7 +105,12 @@ class EmuObject:
 
     @property
     def etag(self) -> str:
-        return self.content.md5_etag
+        if not self.reuploads:
+            return self.content.md5_etag
+        # OSS ETags depend on how an object was uploaded (multipart or not), not only on
+        # its bytes: a re-upload of identical content may well carry a new one.
+        digest = hashlib.md5(f"{self.content.md5_etag}#{self.reuploads}".encode(), usedforsecurity=False)
+        return f'"{digest.hexdigest().upper()}"'
 
     @property
     def crc64(self) -> int:
@@ -110,6 +120,11 @@ class EmuObject:
         """Replace the object's bytes (same size, new ETag and CRC64), as a re-upload."""
         self.version += 1
         self.content = GeneratedContent(f"{self.key}#{self.database}#v{self.version}", self.size)
+
+    def reupload(self) -> None:
+        """Upload the same bytes again: new ETag, same size and CRC64."""
+        self.version += 1
+        self.reuploads += 1
 
 
 @dataclass(eq=False)

@@ -206,10 +206,15 @@ class ObjectStore:
         if faults.drop_after is not None and faults.drop_times > 0:
             faults.drop_times -= 1
             drop_at = start + faults.drop_after
+        elif faults.drop_at is not None and faults.drop_times > 0 and start <= faults.drop_at < end:
+            faults.drop_times -= 1
+            drop_at = faults.drop_at
         if faults.stall_after is not None and faults.stall_times > 0:
             faults.stall_times -= 1
             stall_at = start + faults.stall_after
         corrupt = faults.corrupt_offset
+        if corrupt is not None and not start <= corrupt < end:
+            corrupt = None  # only GETs that carry the byte count towards corrupt_times
         if corrupt is not None and faults.corrupt_times is not None:
             if faults.corrupt_times <= 0:
                 corrupt = None
