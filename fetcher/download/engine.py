@@ -142,6 +142,10 @@ class _Restart(Exception):
     """Internal: discard the partial and start the file over (reason in args[0])."""
 
 
+class _Abandon(DownloadError):
+    """Internal: the file fails, and its partial is worthless (pinned to a vanished object)."""
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -222,6 +226,9 @@ class FileTransfer:
         self._refresh_lock = asyncio.Lock()
         self._refreshes_without_progress = 0
         self._no_segments = False
+        # Set when the object changed but the API's Checksum did not: the new object must
+        # show that Checksum in its CRC64 header, or there is no point fetching it.
+        self._stale_checksum_suspect = False
         self.transferred = 0
         self.resumed = 0
         self._state: ResumeState | None = None
@@ -257,6 +264,9 @@ class FileTransfer:
         while True:
             try:
                 outcome = await self._transfer(state)
+            except _Abandon:
+                await self.d.in_thread(statefile.discard, self.target)
+                raise
             except _Restart as why:
                 restarts += 1
                 await self.d.in_thread(statefile.discard, self.target)
@@ -405,7 +415,11 @@ class FileTransfer:
             self._part = None
 
     async def _on_object_changed(self, exc: ObjectChangedError) -> None:
-        """A changed object can only be accepted if the API now vouches for it."""
+        """A changed object can only be accepted if the API now vouches for it.
+
+        Returns to start the file over; raises ``_Abandon`` when the new object cannot
+        match. Either way the partial is of an object that no longer exists.
+        """
         self._no_segments = True
         if self.file.expected_crc is None:
             return  # verified against the new object's own CRC64 header instead
@@ -414,11 +428,12 @@ class FileTransfer:
             self.file = fresh
             self.url = fresh.url
             return
-        if exc.crc64 is not None and exc.crc64 == self.file.expected_crc:
-            return  # same bytes re-uploaded (new ETag, same CRC64)
-        raise DownloadError(
-            f"{exc.message}, and the API's Checksum still names the old object"
-        )
+        if exc.crc64 is not None and exc.crc64 != self.file.expected_crc:
+            raise _Abandon(f"{exc.message}, and the API's Checksum still names the old object")
+        # Same CRC64 (the same bytes uploaded again, with a new ETag), or not known yet (a
+        # 412 carries no CRC64 header): start over; the first answer's header, or else the
+        # final CRC64 check, decides whether the API's Checksum still holds.
+        self._stale_checksum_suspect = True
 
     async def _discover(self, part: PartFile) -> tuple[ObjectResponse | None, ResumeState]:
         """First request of a fresh download: learn size, ETag and CRC64 header."""
@@ -448,6 +463,12 @@ class FileTransfer:
         if total is None:
             resp.close()
             raise DownloadError("the server sent no Content-Length or Content-Range")
+        expected = self.file.expected_crc
+        if self._stale_checksum_suspect and resp.info.crc64 is not None and expected is not None and (
+            resp.info.crc64 != expected
+        ):
+            resp.close()
+            raise _Abandon("the object changed, and the API's Checksum still names the old object")
         if resp.partial and resp.end is not None and resp.end < total:
             segments = [Segment(0, resp.end)] + self._split_rest(resp.end, total)
         elif resp.partial and total >= cfg.segment_threshold and not self._no_segments:
