@@ -522,6 +522,8 @@ class FileTransfer:
                         resp.info.crc64 != state.header_crc64
                     ):
                         raise ObjectChangedError("the object's CRC64 header changed", crc64=resp.info.crc64)
+                    if resp.start != seg.next_offset:
+                        self._start_over_with_whole_object(part, state, seg)
                 await self._stream(part, seg, resp)
             except UrlExpiredError as exc:
                 await self._refresh_url(self.url, exc)
@@ -538,6 +540,21 @@ class FileTransfer:
                 if resp is not None:
                     resp.close()
                 resp = None
+
+    def _start_over_with_whole_object(self, part: PartFile, state: ResumeState, seg: Segment) -> None:
+        """A 200 (same ETag) to a resume: the server ignored Range and sends everything.
+
+        That answer is the object from byte 0; with one segment, take it as a fresh start
+        instead of asking again. Several segments cannot share it: start the file over.
+        """
+        if len(state.segments) > 1:
+            self._no_segments = True
+            raise _Restart("the server ignored the Range header")
+        self.d.reporter.file_event(
+            self.file, "file.restart", "the server ignored the Range header; starting over from byte 0"
+        )
+        part.forget(seg)
+        self.resumed = 0
 
     async def _stream(self, part: PartFile, seg: Segment, resp: ObjectResponse) -> None:
         """Move bytes from one response into the segment, hashing and writing off-loop."""

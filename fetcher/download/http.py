@@ -115,8 +115,10 @@ async def open_object(
 ) -> ObjectResponse:
     """GET [start, end) of the object, pinned to ``etag`` when given, checked on arrival.
 
-    A 200 answer to a ranged request, a different ETag or total, or 412 raise
-    ``ObjectChangedError`` (except a 200 to ``bytes=0-``, which is simply the whole object).
+    A different ETag or total, or 412, raise ``ObjectChangedError``. A 200 answer is the
+    whole object (``start`` 0, not partial): to ``bytes=0-`` that is simply the object; to
+    a later range it means the server ignored Range, which is returned as such when the
+    ETag proves it is the pinned object, and is ``ObjectChangedError`` when nothing does.
     """
     headers = {"Accept-Encoding": "identity"}
     if send_range:
@@ -162,7 +164,8 @@ async def _check(
     if etag is not None and got_etag is not None and got_etag.strip() != etag.strip():
         raise ObjectChangedError("the object changed (new ETag)", crc64=info_crc)
     if status == 200:
-        if ranged and start > 0:
+        same_object = etag is not None and got_etag is not None  # else raised just above
+        if ranged and start > 0 and not same_object:
             raise ObjectChangedError(
                 "the server answered a ranged request with the whole object",
                 crc64=info_crc,

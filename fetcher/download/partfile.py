@@ -150,6 +150,15 @@ class PartFile:
                 raise LocalIOError(f"{self.path}: hashed {self._hashed} of {size} bytes")
             return self._sha.hexdigest()
 
+    def forget(self, segment: Segment) -> None:
+        """Drop a segment's progress: its bytes will arrive again from its start."""
+        with self._lock:
+            segment.done = 0
+            segment.crc64 = 0
+            if self._sha is not None and self._hashed > segment.start:
+                self._sha = hashlib.sha256()
+                self._hashed = 0
+
     def reset_sha(self) -> None:
         with self._lock:
             if self._sha is not None:
