@@ -225,6 +225,7 @@ class FileTransfer:
         self.url = file.url
         self._refresh_lock = asyncio.Lock()
         self._refreshes_without_progress = 0
+        self._early_refresh = True  # refresh a URL before it expires (see _refresh_url)
         self._no_segments = False
         # Set when the object changed but the API's Checksum did not: the new object must
         # show that Checksum in its CRC64 header, or there is no point fetching it.
@@ -510,6 +511,7 @@ class FileTransfer:
         resp = first
         while not seg.complete:
             before = seg.done
+            url = self.url
             try:
                 if resp is None:
                     url = await self._current_url()
@@ -526,7 +528,8 @@ class FileTransfer:
                         self._start_over_with_whole_object(part, state, seg)
                 await self._stream(part, seg, resp)
             except UrlExpiredError as exc:
-                await self._refresh_url(self.url, exc)
+                # The URL this request used: another segment may have refreshed it since.
+                await self._refresh_url(url, exc)
             except RetryableDownloadError as exc:
                 if seg.done - before >= (1 << 20):
                     failures = 0
@@ -657,7 +660,7 @@ class FileTransfer:
 
     async def _current_url(self) -> str:
         expires = url_expires_at(self.url)
-        if expires is not None and expires - self.config.url_margin < time.time():
+        if self._early_refresh and expires is not None and expires - self.config.url_margin < time.time():
             await self._refresh_url(self.url, None)
         return self.url
 
@@ -670,16 +673,27 @@ class FileTransfer:
         return fresh
 
     async def _refresh_url(self, refused: str, exc: UrlExpiredError | None) -> None:
+        """A fresh URL from the API: ``exc`` when the storage refused ``refused``, None to
+        replace a URL that is about to expire by the local clock."""
         async with self._refresh_lock:
             if self.url != refused:
                 return  # another segment refreshed it meanwhile
-            self._refreshes_without_progress += 1
-            if self._refreshes_without_progress > self.config.max_refreshes:
-                detail = exc.message if exc else "URL expired"
-                raise DownloadError(f"{detail}, even after asking the API for a fresh URL")
+            if exc is not None:
+                # Only refusals count: a URL the storage keeps refusing even when fresh
+                # will not start working by asking again.
+                self._refreshes_without_progress += 1
+                if self._refreshes_without_progress > self.config.max_refreshes:
+                    raise DownloadError(f"{exc.message}, even after asking the API for a fresh URL")
             why = exc.message if exc else "URL about to expire"
             self.d.reporter.file_event(self.file, "file.refresh", f"{why}; asking the API for a fresh URL")
             fresh = await self._ask_api()
+            # A URL handed out just now that already looks (nearly) expired here means the
+            # local clock runs ahead of the storage's, or URLs live only seconds: refreshing
+            # ahead of time cannot help then, so leave it to the storage to refuse.
+            fresh_expiry = url_expires_at(fresh.url)
+            self._early_refresh = (
+                fresh_expiry is None or fresh_expiry - time.time() > 2 * self.config.url_margin
+            )
             if fresh.expected_crc != self.file.expected_crc:
                 self.file = fresh
                 self.url = fresh.url
