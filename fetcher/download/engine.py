@@ -326,7 +326,8 @@ class FileTransfer:
             _fsync_dir(self.target.parent)
         except OSError as exc:
             raise local_error(exc, self.target, "cannot rename into place") from exc
-        for p in (self.state_path,):
+        # The state, and a temporary one a failed save (disk full) may have left behind.
+        for p in (self.state_path, self.state_path.with_name(self.state_path.name + ".tmp")):
             try:
                 p.unlink()
             except FileNotFoundError:
@@ -391,7 +392,7 @@ class FileTransfer:
                 await asyncio.wait(tasks) if tasks else None
                 raise
             if checkpointer is not None:
-                checkpointer.cancel()
+                await self._stop(checkpointer)
                 checkpointer = None
             crc = 0
             for seg in state.segments:
@@ -404,14 +405,18 @@ class FileTransfer:
             raise _Restart(exc.message) from None
         finally:
             if checkpointer is not None:
-                checkpointer.cancel()
-                await asyncio.wait([checkpointer])
+                await self._stop(checkpointer)
                 if state is not None and state.etag and not all(s.complete for s in state.segments):
                     # Whatever happened, keep what is on disk for the next attempt or run.
+                    job = asyncio.get_running_loop().run_in_executor(
+                        self.d.executor, self._checkpoint_now, part, state
+                    )
                     try:
-                        await asyncio.shield(self.d.in_thread(self._checkpoint_now, part, state))
-                    except (LocalIOError, asyncio.CancelledError):
-                        pass
+                        await asyncio.shield(job)
+                    except LocalIOError:
+                        pass  # the state of the last good checkpoint stays
+                    except asyncio.CancelledError:
+                        await asyncio.wait([job])  # it uses the part file closed below
             part.close()
             self._part = None
 
@@ -638,13 +643,38 @@ class FileTransfer:
             raise local_error(exc, self.state_path, "cannot save resume state") from exc
 
     async def _checkpoints(self, part: PartFile, state: ResumeState) -> None:
+        loop = asyncio.get_running_loop()
         last = state.done_bytes()
+        warned = False
         while True:
             await asyncio.sleep(self.config.checkpoint_seconds)
             done = sum(s.done for s in part.snapshot())
-            if done != last:
-                await self.d.in_thread(self._checkpoint_now, part, state)
-                last = done
+            if done == last:
+                continue
+            job = loop.run_in_executor(self.d.executor, self._checkpoint_now, part, state)
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # A thread cannot be cancelled: let its state file land now, or it could
+                # land after the file was finalized or discarded and outlive it.
+                await asyncio.wait([job])
+                raise
+            except LocalIOError as exc:
+                # The part file's space is reserved, so the download may well finish; a
+                # later interruption would just lose more. Say so once and keep going.
+                if not warned:
+                    self.d.reporter.file_event(self.file, "file.retry", f"{exc.message}; carrying on")
+                    warned = True
+                continue
+            last = done
+
+    @staticmethod
+    async def _stop(task: asyncio.Task[None]) -> None:
+        """Cancel the checkpointer and wait until its last write (if any) has landed."""
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: a checkpoint is not worth failing the file for
 
     # ------------------------------------------------------------------ URLs and waits
 
