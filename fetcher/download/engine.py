@@ -245,8 +245,19 @@ class FileTransfer:
             result = FileResult(self.file, "skipped", reason=exc.message)
         except DownloadError as exc:
             result = self._failed(exc.message)
+        if result.status != "verified" and result.status != "unverified":
+            await self.d.in_thread(self._drop_unresumable)
         self.d.reporter.file_finished(result)
         return result
+
+    def _drop_unresumable(self) -> None:
+        """A part file without resume state (nothing arrived, or nothing could be pinned)
+        would only be discarded by the next run: do not leave it lying around."""
+        try:
+            if not self.state_path.exists():
+                statefile.discard(self.target)
+        except OSError:
+            pass
 
     def _failed(self, reason: str, **kw: object) -> FileResult:
         return FileResult(
@@ -361,18 +372,18 @@ class FileTransfer:
         part = PartFile(self.part_path, self.config.sha256)
         self._part = part
         checkpointer: asyncio.Task[None] | None = None
+        first: ObjectResponse | None = None  # the discovery answer, until a segment takes it
         try:
             if state is None:
                 part.truncate(0)
                 first, state = await self._discover(part)
             else:
-                first = None
                 self.resumed = state.done_bytes()
             self._state = state
             part.segments = state.segments
             self.d.reporter.file_started(self.file, state.size, state.done_bytes())
             if state.etag:
-                await self.d.in_thread(statefile.save, self.state_path, state)
+                await self.d.in_thread(self._save_state, state)
                 checkpointer = asyncio.ensure_future(self._checkpoints(part, state))
             tasks = []
             for seg in state.segments:
@@ -382,8 +393,6 @@ class FileTransfer:
                 tasks.append(asyncio.ensure_future(self._run_segment(part, state, seg, use)))
                 if use is not None:
                     first = None
-            if first is not None:
-                first.close()
             try:
                 await asyncio.gather(*tasks)
             except BaseException:
@@ -404,6 +413,8 @@ class FileTransfer:
             await self._on_object_changed(exc)
             raise _Restart(exc.message) from None
         finally:
+            if first is not None:
+                first.close()
             if checkpointer is not None:
                 await self._stop(checkpointer)
                 if state is not None and state.etag and not all(s.complete for s in state.segments):
@@ -465,15 +476,22 @@ class FileTransfer:
             except RetryableDownloadError as exc:
                 failures += 1
                 await self._retry_wait(failures, exc)
+        try:
+            return resp, await self._pin(part, resp)
+        except BaseException:
+            resp.close()  # not handed to anyone: give the connection back
+            raise
+
+    async def _pin(self, part: PartFile, resp: ObjectResponse) -> ResumeState:
+        """The resume state of a fresh download, from its first answer; space reserved."""
+        cfg = self.config
         total = resp.info.total
         if total is None:
-            resp.close()
             raise DownloadError("the server sent no Content-Length or Content-Range")
         expected = self.file.expected_crc
         if self._stale_checksum_suspect and resp.info.crc64 is not None and expected is not None and (
             resp.info.crc64 != expected
         ):
-            resp.close()
             raise _Abandon("the object changed, and the API's Checksum still names the old object")
         if resp.partial and resp.end is not None and resp.end < total:
             segments = [Segment(0, resp.end)] + self._split_rest(resp.end, total)
@@ -481,7 +499,7 @@ class FileTransfer:
             segments = statefile.split(total, self._segment_count(total), cfg.min_segment)
         else:
             segments = statefile.split(total, 1)
-        part.preallocate(total)
+        await self.d.in_thread(part.preallocate, total)
         state = ResumeState(
             instance=self.file.instance_id,
             backup_id=self.file.backup_id,
@@ -495,7 +513,7 @@ class FileTransfer:
         if not resp.partial or not resp.info.etag:
             # Without ranges or an ETag the object cannot be pinned: one stream, no resume.
             state.segments = statefile.split(total, 1)
-        return resp, state
+        return state
 
     def _segment_count(self, size: int) -> int:
         if self._no_segments or self.config.connections <= 1 or size < self.config.segment_threshold:
@@ -633,12 +651,14 @@ class FileTransfer:
     def _checkpoint_now(self, part: PartFile, state: ResumeState) -> None:
         snapshot = part.snapshot()  # before the sync: claim only bytes the sync covers
         part.sync()
-        saved = ResumeState(
+        self._save_state(ResumeState(
             state.instance, state.backup_id, state.database, state.size, state.etag,
             state.expected_crc64, state.header_crc64, snapshot,
-        )
+        ))
+
+    def _save_state(self, state: ResumeState) -> None:
         try:
-            statefile.save(self.state_path, saved)
+            statefile.save(self.state_path, state)
         except OSError as exc:
             raise local_error(exc, self.state_path, "cannot save resume state") from exc
 
