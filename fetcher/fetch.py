@@ -20,7 +20,8 @@ from fetcher import manifest as mf
 from fetcher.api.client import RdsClient
 from fetcher.api.models import BackupSet, DBInstance
 from fetcher.download.engine import DownloadConfig, Downloader, FileResult, Reporter
-from fetcher.errors import DownloadError, FetcherError, LockedError, UsageError
+from fetcher.download.partfile import local_error
+from fetcher.errors import DownloadError, FetcherError, LocalIOError, LockedError, UsageError
 from fetcher.filters import BackupFilters
 from fetcher.log import event
 from fetcher.plan import (
@@ -142,7 +143,10 @@ class DestLock:
 
     def __enter__(self) -> DestLock:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise local_error(exc, self.path, "cannot create the lock file") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -159,8 +163,11 @@ class DestLock:
                 same = False
             if same:
                 self.fd = fd
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError:
+                    pass  # the pid is a courtesy for people; the flock is the lock
                 return self
             os.close(fd)
 
@@ -315,7 +322,10 @@ async def run_fetch(
 
         async def save(final: bool) -> None:
             snapshot = mf.merge(old, list(records), skip_records(run_skips))
-            await asyncio.to_thread(mf.write, dest, snapshot, sha256sums=sums)
+            try:
+                await asyncio.to_thread(mf.write, dest, snapshot, sha256sums=sums)
+            except OSError as exc:
+                raise local_error(exc, dest / mf.MANIFEST_NAME, "cannot write the manifest") from None
 
         async def on_result(result: FileResult) -> None:
             nonlocal last_write
@@ -328,20 +338,36 @@ async def run_fetch(
             if time.monotonic() - last_write >= 2.0:
                 async with write_lock:
                     last_write = time.monotonic()
-                    await save(final=False)
+                    try:
+                        await save(final=False)
+                    except LocalIOError as exc:
+                        # Not worth stopping the other transfers for; the final write
+                        # tries again and reports it.
+                        event("manifest.retry", f"{exc.message}; trying again at the end",
+                              level=logging.WARNING, reason=exc.message)
 
         reporter = reporter_factory(replace(plan, files=tuple(todo))) if reporter_factory else None
         downloader = Downloader(
             session, options.download, reporter=reporter, refresh=make_refresher(client),
             on_result=on_result,
         )
+        interrupted = False
         try:
             report.results = await downloader.run(todo, dest)
+        except BaseException:
+            interrupted = True
+            raise
         finally:
             close = getattr(reporter, "close", None)
             if close is not None:
                 close()
             async with write_lock:
-                await asyncio.shield(save(final=True))
+                try:
+                    await asyncio.shield(save(final=True))
+                except LocalIOError as exc:
+                    if not interrupted:
+                        raise
+                    # Do not mask why the run stopped (Ctrl-C: exit 130); say it, though.
+                    event("manifest.failed", exc.message, level=logging.ERROR, reason=exc.message)
     report.elapsed = time.monotonic() - began
     return report
