@@ -164,7 +164,7 @@ def test_dropped_connection_resumes_where_it_broke(
     size = BIG if mode == "segmented" else SMALL
     h = start(make_harness, backup_doc("1", size=size))
     o = obj(h, "1")
-    cut = int(size * where)
+    cut = int(size * where) + 4097  # never exactly on a segment boundary
     o.faults.drop_at, o.faults.drop_times = cut, times
     dest = tmp_path / "out"
     r = fetch(h, dest, "--connections", "4" if mode == "segmented" else "1")
@@ -180,8 +180,16 @@ def test_dropped_connection_resumes_where_it_broke(
     assert o.stats.if_match[0] is None
     assert all(m == o.etag for m in o.stats.if_match[1:]), o.stats.if_match
     if mode == "segmented":
-        assert o.stats.ranges[0] == f"bytes=0-{32 * MiB - 1}"
-        assert len({rg for rg in o.stats.ranges}) == 4 + 1  # four segments + the resume point
+        # Alone in the run, the file gets every idle connection slot: its pieces, each
+        # asked for once (plus the resume point), tile the file exactly.
+        spans = sorted(
+            tuple(int(x) for x in rg[len("bytes="):].split("-"))
+            for rg in o.stats.ranges
+            if rg is not None and not rg.startswith(f"bytes={cut}-")
+        )
+        assert len(spans) >= 4, o.stats.ranges
+        assert spans[0][0] == 0 and spans[-1][1] == size - 1
+        assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:])), spans
 
 
 # ----------------------------------------------------------------------------- kill -9
@@ -583,7 +591,11 @@ def test_corrupt_byte_is_caught_and_fetched_again(
     dest = tmp_path / "out"
     r = fetch(h, dest, "--connections", "4" if mode == "segmented" else "1")
     assert "CRC64 mismatch" in r.stderr and "from scratch" in r.stderr
-    assert o.stats.bytes_sent == 2 * size  # once more from scratch, never a third time
+    # Once more from scratch, never a third time. When file 2 is done, its connection slot
+    # takes over half of file 1's largest remaining range; the stream that gave it up had
+    # already been sent some of it (socket buffers), hence a bounded excess when segmented.
+    slack = 16 * MiB if mode == "segmented" else 0
+    assert 2 * size <= o.stats.bytes_sent <= 2 * size + slack
     assert_verified(h, dest, "2")
     if times is None:
         assert r.code == 1, r.output
@@ -797,7 +809,7 @@ def test_disk_full_before_the_download_starts(make_harness: Any, small_disk: Any
     assert obj(h, "1").stats.bytes_sent - sent == size
 
 
-def test_disk_full_mid_download_keeps_partial_and_resumes(make_harness: Any, small_disk: Any) -> None:
+def test_disk_full_on_resume_keeps_partial_and_resumes_later(make_harness: Any, small_disk: Any) -> None:
     disk, _ = small_disk
     size = 6 * MiB
     h = start(make_harness, backup_doc("1", size=size))
@@ -805,8 +817,7 @@ def test_disk_full_mid_download_keeps_partial_and_resumes(make_harness: Any, sma
     dest = disk / "out"
     kept = leave_partial(h, dest, "1")
     path = target(h, dest, "1")
-    # The space for the whole file was reserved up front (fallocate); on a file system
-    # that cannot reserve it (or a copied, sparse partial) the disk fills up mid-way.
+    # Only the kept bytes are on disk: the rest needs space the disk no longer has.
     os.truncate(part_of(path), kept)
     ballast = fill(disk, leave=MiB)
     sent = o.stats.bytes_sent
@@ -815,10 +826,10 @@ def test_disk_full_mid_download_keeps_partial_and_resumes(make_harness: Any, sma
     no_traceback(r)
     assert "disk full" in r.stderr
     assert all(len(line) < 300 for line in r.stderr.splitlines())
-    # Nothing under the final name; what arrived is kept, vouched for by its state.
+    # Refused before asking for a byte; the partial is kept, vouched for by its state.
     assert not path.exists()
-    assert part_of(path).is_file() and claimed(path) >= kept
-    assert o.stats.bytes_sent - sent > 0
+    assert part_of(path).is_file() and claimed(path) == kept
+    assert o.stats.bytes_sent == sent
     ballast.unlink()
     kept = claimed(path)
     sent = o.stats.bytes_sent
@@ -828,29 +839,35 @@ def test_disk_full_mid_download_keeps_partial_and_resumes(make_harness: Any, sma
     assert o.stats.bytes_sent - sent == size - kept < size
 
 
-def test_disk_filling_up_during_a_reserved_download(make_harness: Any, small_disk: Any) -> None:
-    """The part file's space is reserved, so the download itself goes on; the resume state
-    and then the manifest cannot be written any more: said in one line each, no traceback,
-    and no debris of a failed state save is left beside the finished file."""
+def test_disk_filling_up_during_a_download(make_harness: Any, small_disk: Any) -> None:
+    """Others fill the disk while a download runs: that file fails with one line, what
+    arrived is kept with its last checkpoint, and a rerun with space resumes it."""
     disk, _ = small_disk
     size = 3 * MiB
     h = start(make_harness, backup_doc("1", size=size))
     o = obj(h, "1")
-    o.faults.rate = MiB  # 3 s: checkpoints at 1 s and 2 s, on a full disk
+    o.faults.rate = MiB  # 3 s: checkpoints at 1 s and 2 s
     dest = disk / "out"
     path = target(h, dest, "1")
     proc = spawn_fetch(h, dest)
-    wait_until(lambda: state_of(path).exists(), proc, what="the download to start")
+    wait_until(lambda: state_of(path).exists() and claimed(path) > 0, proc, what="a checkpoint")
     ballast = fill(disk, leave=0)
     r = finish(proc)
     assert r.code == 1, r.output
     no_traceback(r)
     assert "never retrieved" not in r.stderr
-    assert "cannot save resume state" in r.stderr and "disk full" in r.stderr
-    assert "cannot write the manifest" in r.stderr
-    assert path.read_bytes() == o.content.read(0, size)  # verified and in place
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    assert "disk full" in r.stderr
+    assert not path.exists()
+    kept = claimed(path)
+    assert 0 < kept < size and part_of(path).is_file()
     ballast.unlink()
+    sent = o.stats.bytes_sent
+    o.faults.rate = None
+    r = fetch(h, dest)
+    assert r.code == 0, r.output
+    assert_verified(h, dest, "1")
+    assert o.stats.bytes_sent - sent == size - kept
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
 # ----------------------------------------------------------------------------- segmented == single
@@ -867,6 +884,6 @@ def test_segmented_and_single_stream_give_the_same_bytes(make_harness: Any, tmp_
     four = assert_verified(h, tmp_path / "four", "1")
     one = assert_verified(h, tmp_path / "one", "1")
     assert (four["crc64"], four["sha256"], four["size"]) == (one["crc64"], one["sha256"], one["size"])
-    assert len(seg_ranges) == 4 and o.stats.ranges[4:] == ["bytes=0-"]
+    assert len(seg_ranges) >= 4 and o.stats.ranges[len(seg_ranges):] == ["bytes=0-"]
     assert o.stats.bytes_sent == 2 * BIG
 

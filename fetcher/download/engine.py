@@ -19,6 +19,8 @@ Failure handling, in one place:
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import os
 import random
 import time
@@ -52,8 +54,8 @@ Status = Literal["verified", "unverified", "failed", "skipped"]
 @dataclass(frozen=True)
 class DownloadConfig:
     jobs: int = 4
-    connections: int = 4
-    segment_threshold: int = 64 << 20  # files at least this big are split...
+    connections: int = 4  # ranged connections one file may use at most
+    segment_threshold: int = 64 << 20  # files at least this big may be split...
     min_segment: int = 16 << 20  # ...into segments at least this big
     retries: int = 5
     limit_rate: int | None = None
@@ -177,7 +179,18 @@ class Downloader:
         self.refresh = refresh
         self.on_result = on_result
         self.limiter = RateLimiter(config.limit_rate) if config.limit_rate else None
-        workers = max(4, min(64, config.jobs * config.connections + 2))
+        # Connections kept busy at once. A large file starting while slots are idle is split
+        # across them. Later, an idle slot takes over the second half of the largest
+        # remaining range only when the run has shown it can go faster than it goes now
+        # (a per-connection cap): where the machine itself is the limit, one stream per
+        # file moves the bytes with the least work (no read-back for SHA-256, no writers
+        # contending for one file).
+        self.slots = max(1, config.jobs, config.connections)
+        self.streams = 0
+        self.queued = 0
+        self.received = 0  # bytes received by every stream, for the throughput sampler
+        self._transfers: list[FileTransfer] = []
+        workers = max(4, min(32, self.slots + 2))
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetcher-io")
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout, sock_read=config.stall_timeout
@@ -188,12 +201,24 @@ class Downloader:
 
         async def one(f: PlannedFile) -> FileResult:
             async with limit:
-                result = await FileTransfer(self, f, dest).run()
+                self.queued -= 1
+                transfer = FileTransfer(self, f, dest)
+                self._transfers.append(transfer)
+                try:
+                    result = await transfer.run()
+                finally:
+                    self._transfers.remove(transfer)
             if self.on_result is not None:
                 await self.on_result(result)
             return result
 
-        tasks = [asyncio.ensure_future(one(f)) for f in files]
+        self.queued = len(files)
+        sampler = asyncio.ensure_future(self._sample_throughput())
+        # Largest first: the run ends when its longest file does, so start that early
+        # (the small ones fill the gaps); files of unknown size go last.
+        order = sorted(range(len(files)), key=lambda i: -(files[i].expected_size or 0))
+        by_index = {i: asyncio.ensure_future(one(files[i])) for i in order}
+        tasks = [by_index[i] for i in range(len(files))]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -202,7 +227,51 @@ class Downloader:
             await asyncio.wait(tasks)
             raise
         finally:
+            sampler.cancel()
             self.executor.shutdown(wait=True)
+
+    async def _sample_throughput(
+        self, tick: float = 0.5, window: float = 1.5, headroom: float = 0.75
+    ) -> None:
+        """Steal work for idle slots only when throughput is well below what this run has
+        already reached: then streams are capped one by one and another one helps."""
+        samples: collections.deque[tuple[float, int]] = collections.deque()
+        peak = 0.0
+        quiet_until = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            samples.append((now, self.received))
+            while samples and now - samples[0][0] > window:
+                samples.popleft()
+            span = now - samples[0][0]
+            if span < 1.0:
+                continue
+            rate = (self.received - samples[0][1]) / span
+            peak = max(peak, rate)
+            if now < quiet_until or self.streams >= self.slots or self.queued > 0:
+                continue
+            if rate < headroom * peak:
+                before = self.streams
+                self.rebalance()
+                if self.streams != before:
+                    samples.clear()  # judge the new streams on their own rates
+                    quiet_until = now + window
+
+    def rebalance(self) -> None:
+        """Give idle connection slots to the largest remaining ranges (work stealing).
+
+        Not while files wait for a job slot: they will take the free connection.
+        """
+        while self.streams < self.slots and self.queued <= 0:
+            best: tuple[int, FileTransfer] | None = None
+            for transfer in self._transfers:
+                work = transfer.work_for_another_stream()
+                if work and (best is None or work > best[0]):
+                    best = (work, transfer)
+            if best is None:
+                return
+            best[1].add_stream()
 
     async def in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -234,7 +303,16 @@ class FileTransfer:
         self.resumed = 0
         self._state: ResumeState | None = None
         self._part: PartFile | None = None
-        self._dirty = asyncio.Event()
+        self._streams: dict[int, asyncio.Task[None]] = {}  # stream number -> its task
+        self._stream_numbers = itertools.count()
+        self._taken: set[int] = set()  # id() of the pieces a stream is working on
+        self._receiving: dict[int, int] = {}  # id(piece) -> next offset its stream receives
+        self._streams_changed = asyncio.Event()
+        self._stopping = False
+        # Every write to this file goes through one thread: writers of one file would
+        # only queue on its inode lock (spinning on it, at that), and one thread also
+        # keeps the bytes in order for SHA-256. Files run in parallel on their own threads.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetcher-file")
 
     # ------------------------------------------------------------------ the whole file
 
@@ -245,6 +323,8 @@ class FileTransfer:
             result = FileResult(self.file, "skipped", reason=exc.message)
         except DownloadError as exc:
             result = self._failed(exc.message)
+        finally:
+            self._writer.shutdown(wait=False)  # idle by now: every write was awaited
         if result.status != "verified" and result.status != "unverified":
             await self.d.in_thread(self._drop_unresumable)
         self.d.reporter.file_finished(result)
@@ -360,7 +440,8 @@ class FileTransfer:
                 on_disk = self.part_path.stat().st_size
             except OSError:
                 on_disk = -1
-            if all(on_disk >= s.next_offset for s in state.segments):
+            # Bytes the state vouches for must be there (the file is sparse beyond them).
+            if all(on_disk >= s.next_offset for s in state.segments if s.done):
                 return state
         if state is not None or self.part_path.exists():
             statefile.discard(self.target)
@@ -369,6 +450,7 @@ class FileTransfer:
     # ------------------------------------------------------------------ one attempt
 
     async def _transfer(self, state: ResumeState | None) -> _Outcome:
+        loop = asyncio.get_running_loop()
         part = PartFile(self.part_path, self.config.sha256)
         self._part = part
         checkpointer: asyncio.Task[None] | None = None
@@ -379,34 +461,26 @@ class FileTransfer:
                 first, state = await self._discover(part)
             else:
                 self.resumed = state.done_bytes()
+                await self.d.in_thread(part.ensure_space, state.size - state.done_bytes())
             self._state = state
             part.segments = state.segments
             self.d.reporter.file_started(self.file, state.size, state.done_bytes())
             if state.etag:
                 await self.d.in_thread(self._save_state, state)
                 checkpointer = asyncio.ensure_future(self._checkpoints(part, state))
-            tasks = []
-            for seg in state.segments:
-                if seg.complete:
-                    continue
-                use = first if (first is not None and seg.start == first.start) else None
-                tasks.append(asyncio.ensure_future(self._run_segment(part, state, seg, use)))
-                if use is not None:
-                    first = None
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.wait(tasks) if tasks else None
-                raise
+            incomplete = sum(1 for seg in state.segments if not seg.complete)
+            streams = max(1, min(incomplete, self._ways(state.size) if len(state.segments) > 1 else 1))
+            for _ in range(streams):
+                self._spawn(first)
+                first = None
+            await self._join_streams()
             if checkpointer is not None:
                 await self._stop(checkpointer)
                 checkpointer = None
             crc = 0
             for seg in state.segments:
                 crc = checksum.combine(crc, seg.crc64, seg.length)
-            sha = await self.d.in_thread(part.finish_sha256, state.size)
+            sha = await loop.run_in_executor(self._writer, part.finish_sha256, state.size)
             await self.d.in_thread(part.sync)
             return _Outcome(state.size, crc, state.header_crc64, sha if isinstance(sha, str) else None)
         except ObjectChangedError as exc:
@@ -431,6 +505,148 @@ class FileTransfer:
             part.close()
             self._part = None
 
+    # ------------------------------------------------------------------ streams
+
+    def _spawn(self, first: ObjectResponse | None = None) -> None:
+        """Start one more stream on this file: it fetches pieces until none is left."""
+        assert self._part is not None and self._state is not None
+        number = next(self._stream_numbers)
+        task = asyncio.ensure_future(self._stream_pieces(self._part, self._state, first))
+        self._streams[number] = task
+        self.d.streams += 1
+
+        def ended(_: asyncio.Task[None]) -> None:
+            self.d.streams -= 1
+            self._streams_changed.set()
+
+        task.add_done_callback(ended)
+        self._streams_changed.set()
+
+    def _next_piece(self, state: ResumeState, first: ObjectResponse | None) -> Segment | None:
+        """The first piece in file order that nobody has and is not done: streams working
+        near the same place let SHA-256 follow the downloads instead of trailing them."""
+        for seg in state.segments:
+            if seg.complete or id(seg) in self._taken:
+                continue
+            if first is None or seg.start == first.start:
+                return seg
+        return None
+
+    async def _stream_pieces(
+        self, part: PartFile, state: ResumeState, first: ObjectResponse | None
+    ) -> None:
+        try:
+            while not self._stopping:
+                seg = self._next_piece(state, first)
+                if seg is None:
+                    return
+                self._taken.add(id(seg))
+                try:
+                    await self._run_segment(part, state, seg, first)
+                finally:
+                    self._taken.discard(id(seg))
+                    first = None
+        finally:
+            if first is not None:
+                first.close()
+
+    async def _join_streams(self) -> None:
+        """Wait for every stream, including those split off meanwhile; the first failure
+        stops the others."""
+        try:
+            while True:
+                for key, task in list(self._streams.items()):
+                    if task.done():
+                        del self._streams[key]
+                        task.result()  # raises the stream's error
+                if not self._streams:
+                    return
+                self._streams_changed.clear()
+                changed = asyncio.ensure_future(self._streams_changed.wait())
+                try:
+                    await asyncio.wait(
+                        [*self._streams.values(), changed], return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    changed.cancel()
+        except BaseException:
+            self._stopping = True  # no stream may be split off while they are stopped
+            running = list(self._streams.values())
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+            self._streams.clear()
+            self._stopping = False
+            raise
+
+    def _pieces(self, size: int, ways: int, offset: int = 0) -> list[Segment]:
+        """Pieces for ``ways`` streams: about eight each, at least ``min_segment`` big, so
+        that streams finish together and SHA-256 keeps up with them."""
+        if ways <= 1:
+            return [Segment(offset + s.start, offset + s.end) for s in statefile.split(size, 1)]
+        count = max(ways, min(size // self.config.min_segment, 8 * ways))
+        return [Segment(offset + s.start, offset + s.end) for s in statefile.split(size, count)]
+
+    def _ways(self, size: int) -> int:
+        """How many streams a file about to start gets at once: as many as idle slots
+        allow (it is split again later if slots free up)."""
+        cfg, d = self.config, self.d
+        if self._no_segments or cfg.connections <= 1 or size < cfg.segment_threshold or d.queued > 0:
+            return 1
+        idle = d.slots - d.streams
+        return max(1, min(cfg.connections, idle, size // cfg.min_segment))
+
+    def _splittable(self) -> bool:
+        state, cfg = self._state, self.config
+        return not (
+            state is None or self._part is None or self._no_segments or self._stopping
+            or not state.etag or cfg.connections <= 1 or state.size < cfg.segment_threshold
+        )
+
+    def work_for_another_stream(self) -> int:
+        """Bytes another stream could take over here (0: none, or not worth it)."""
+        if not self._splittable() or len(self._streams) >= self.config.connections:
+            return 0
+        assert self._state is not None
+        waiting = sum(
+            s.length - s.done for s in self._state.segments
+            if not s.complete and id(s) not in self._taken
+        )
+        if waiting:
+            return waiting
+        largest = self._largest_running()
+        return largest[0] if largest else 0
+
+    def _largest_running(self) -> tuple[int, Segment] | None:
+        assert self._state is not None
+        best: tuple[int, Segment] | None = None
+        for seg in self._state.segments:
+            if id(seg) not in self._taken:
+                continue
+            remaining = seg.end - self._receiving.get(id(seg), seg.next_offset)
+            if remaining >= 2 * self.config.min_segment and (best is None or remaining > best[0]):
+                best = (remaining, seg)
+        return best
+
+    def add_stream(self) -> None:
+        """One more stream: on a waiting piece, or on the second half of the largest range
+        a stream still has to receive (that stream then stops halfway)."""
+        assert self._state is not None and self._part is not None
+        waiting = any(not s.complete and id(s) not in self._taken for s in self._state.segments)
+        if not waiting:
+            largest = self._largest_running()
+            if largest is None:
+                return
+            seg = largest[1]
+            pos = self._receiving.get(id(seg), seg.next_offset)
+            align = 1 << 20
+            at = pos + (seg.end - pos) // 2
+            at = min(seg.end - self.config.min_segment, -(-at // align) * align)
+            at = max(at, pos + self.config.min_segment)
+            self._part.split(seg, at)
+        self._spawn()
+
     async def _on_object_changed(self, exc: ObjectChangedError) -> None:
         """A changed object can only be accepted if the API now vouches for it.
 
@@ -454,11 +670,13 @@ class FileTransfer:
 
     async def _discover(self, part: PartFile) -> tuple[ObjectResponse | None, ResumeState]:
         """First request of a fresh download: learn size, ETag and CRC64 header."""
-        cfg = self.config
         guess = self.file.expected_size
         first_end = None
-        if guess and guess >= cfg.segment_threshold and cfg.connections > 1 and not self._no_segments:
-            first_end = statefile.split(guess, self._segment_count(guess), cfg.min_segment)[0].end
+        if guess:
+            ways = self._ways(guess)
+            if ways > 1:
+                # Ask for just the first piece: its connection is then reusable.
+                first_end = self._pieces(guess, ways)[0].end
         send_range = True
         failures = 0
         while True:
@@ -493,13 +711,12 @@ class FileTransfer:
             resp.info.crc64 != expected
         ):
             raise _Abandon("the object changed, and the API's Checksum still names the old object")
-        if resp.partial and resp.end is not None and resp.end < total:
-            segments = [Segment(0, resp.end)] + self._split_rest(resp.end, total)
-        elif resp.partial and total >= cfg.segment_threshold and not self._no_segments:
-            segments = statefile.split(total, self._segment_count(total), cfg.min_segment)
-        else:
-            segments = statefile.split(total, 1)
-        await self.d.in_thread(part.preallocate, total)
+        ways = self._ways(total) if resp.partial else 1
+        segments = self._pieces(total, ways)
+        if resp.partial and resp.end is not None and resp.end < total and segments[0].end != resp.end:
+            # Not the first piece the plan expected (another size than the API said).
+            segments = [Segment(0, resp.end), *self._pieces(total - resp.end, ways, resp.end)]
+        await self.d.in_thread(part.ensure_space, total)
         state = ResumeState(
             instance=self.file.instance_id,
             backup_id=self.file.backup_id,
@@ -514,16 +731,6 @@ class FileTransfer:
             # Without ranges or an ETag the object cannot be pinned: one stream, no resume.
             state.segments = statefile.split(total, 1)
         return state
-
-    def _segment_count(self, size: int) -> int:
-        if self._no_segments or self.config.connections <= 1 or size < self.config.segment_threshold:
-            return 1
-        return max(1, min(self.config.connections, size // self.config.min_segment))
-
-    def _split_rest(self, start: int, total: int) -> list[Segment]:
-        n = max(1, self._segment_count(total) - 1)
-        rest = statefile.split(total - start, n, self.config.min_segment)
-        return [Segment(s.start + start, s.end + start) for s in rest]
 
     # ------------------------------------------------------------------ segments
 
@@ -583,21 +790,28 @@ class FileTransfer:
         self.resumed = 0
 
     async def _stream(self, part: PartFile, seg: Segment, resp: ObjectResponse) -> None:
-        """Move bytes from one response into the segment, hashing and writing off-loop."""
+        """Move bytes from one response into the segment, hashing and writing off-loop.
+
+        The segment's end may move closer while this runs (another stream took over the
+        rest of it), so the end is read afresh for every chunk.
+        """
         loop = asyncio.get_running_loop()
         content = resp.response.content
         limiter = self.d.limiter
         batch_limit = self.config.batch_bytes
-        remaining = seg.length - seg.done
         pending: asyncio.Future[int] | None = None
         batch: list[bytes] = []
         batch_len = 0
         progress = self.d.reporter.file_progress
+        key = id(seg)
+        pos = seg.next_offset
+        self._receiving[key] = pos
         try:
-            while remaining > 0:
+            while pos < seg.end:
                 broken: RetryableDownloadError | None = None
                 try:
-                    data = await content.readany()
+                    # One buffered chunk at a time: readany() would join them (a copy).
+                    data, _ = await content.readchunk()
                 except asyncio.TimeoutError:
                     data = b""
                     broken = RetryableDownloadError(
@@ -607,25 +821,30 @@ class FileTransfer:
                     data = _leftover(content)
                     broken = RetryableDownloadError(f"connection broken ({exc.__class__.__name__})")
                 if not data:
+                    if broken is None and not content.at_eof():
+                        continue  # the end of an HTTP chunk, not of the body
                     raise broken or RetryableDownloadError(
                         "connection closed before the end of the range"
                     )
+                remaining = seg.end - pos
                 if len(data) > remaining:
                     data = data[:remaining]
                 n = len(data)
-                if limiter is not None:
-                    await limiter.take(n)
-                remaining -= n
+                pos += n
+                self._receiving[key] = pos
                 self.transferred += n
+                self.d.received += n
                 progress(self.file, n)
                 batch.append(data)
                 batch_len += n
                 if broken is not None:
                     raise broken  # after keeping the bytes that did arrive
-                if batch_len >= batch_limit or remaining == 0:
+                if limiter is not None:
+                    await limiter.take(n)
+                if batch_len >= batch_limit or pos >= seg.end:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(self.d.executor, part.write, seg, batch)
+                    pending = loop.run_in_executor(self._writer, part.write, seg, batch)
                     batch, batch_len = [], 0
                     self._refreshes_without_progress = 0
         finally:
@@ -637,12 +856,13 @@ class FileTransfer:
                 if isinstance(job, list):
                     if not job or failed is not None:
                         continue
-                    job = loop.run_in_executor(self.d.executor, part.write, seg, job)
+                    job = loop.run_in_executor(self._writer, part.write, seg, job)
                 if job is None:
                     continue
                 await asyncio.wait([job])
                 if not job.cancelled() and job.exception() is not None:
                     failed = job.exception()
+            self._receiving.pop(key, None)
             if failed is not None:
                 raise failed
 

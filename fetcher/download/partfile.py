@@ -19,6 +19,7 @@ from pathlib import Path
 from fetcher import checksum
 from fetcher.download.state import Segment
 from fetcher.errors import LocalIOError
+from fetcher.units import human_size
 
 _CATCH_UP_STEP = 8 << 20
 # Read-back done on behalf of one write is bounded, so that a segment that happens to be
@@ -51,9 +52,11 @@ class PartFile:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise local_error(exc, path, "cannot open") from exc
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the segments: their list, ends, progress
+        self._sha_lock = threading.Lock()  # the hash and how far it has got
         self._sha = hashlib.sha256() if sha256 else None
         self._hashed = 0  # SHA-256 covers [0, _hashed)
+        self._readback: bytearray | None = None
         self.segments: list[Segment] = []
 
     # ------------------------------------------------------------------ set-up
@@ -64,16 +67,26 @@ class PartFile:
         except OSError as exc:
             raise local_error(exc, self.path, "cannot resize") from exc
 
-    def preallocate(self, size: int) -> None:
-        """Reserve the space now, so a full disk shows up before the download, not during."""
-        if size <= 0:
+    def ensure_space(self, needed: int) -> None:
+        """Refuse now, not gigabytes later, when the file system cannot hold ``needed`` more.
+
+        A check rather than a reservation (fallocate): reserving costs a second write of
+        the whole file where the file system cannot do it natively (tmpfs zeroes every
+        page, glibc emulates it with writes elsewhere). If space runs out anyway (others
+        write too), the write fails with ENOSPC and the partial is kept for resume.
+        """
+        if needed <= 0:
             return
         try:
-            os.posix_fallocate(self.fd, 0, size)
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return
-            raise local_error(exc, self.path, "cannot reserve space for") from exc
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if needed > free:
+            raise LocalIOError(
+                f"not enough space for {self.path.name}: disk full "
+                f"({human_size(needed)} needed, {human_size(free)} free in {self.path.parent})"
+            )
 
     # ------------------------------------------------------------------ the hot path
 
@@ -95,32 +108,42 @@ class PartFile:
         crc = segment.crc64
         for c in chunks:
             crc = checksum.crc64(c, crc)
-        if self._sha is not None:
-            self._feed_sha(offset, chunks)
         with self._lock:
             segment.crc64 = crc
             segment.done += total
+        if self._sha is not None:
+            self._feed_sha(offset, chunks)
         return total
 
     def _feed_sha(self, offset: int, chunks: Sequence[bytes]) -> None:
+        """Hash these bytes from memory if they are next in line, else leave them for later.
+
+        Only one thread hashes at a time, and no writer waits for it: a writer that finds
+        the hash busy moves on, and its bytes are read back when the hash gets there.
+        """
         assert self._sha is not None
-        with self._lock:
+        if not self._sha_lock.acquire(blocking=False):
+            return
+        try:
             if self._hashed < offset:
                 self._catch_up(limit=offset, budget=_CATCH_UP_BUDGET)
             if self._hashed == offset:
                 for c in chunks:
                     self._sha.update(c)
                 self._hashed += sum(len(c) for c in chunks)
+        finally:
+            self._sha_lock.release()
 
     def _available_end(self) -> int:
-        """End of the bytes on disk contiguous from ``_hashed`` (caller holds the lock)."""
-        for s in self.segments:
-            if s.start <= self._hashed < s.end:
-                return s.next_offset
+        """End of the bytes on disk contiguous from ``_hashed``."""
+        with self._lock:
+            for s in self.segments:
+                if s.start <= self._hashed < s.end:
+                    return s.next_offset
         return self._hashed
 
     def _catch_up(self, limit: int | None = None, budget: int | None = None) -> None:
-        """Hash bytes already on disk from ``_hashed`` on (caller holds the lock)."""
+        """Hash bytes already on disk from ``_hashed`` on (caller holds the SHA lock)."""
         assert self._sha is not None
         spent = 0
         while budget is None or spent < budget:
@@ -130,38 +153,50 @@ class PartFile:
             if end <= self._hashed:
                 return
             n = min(_CATCH_UP_STEP, end - self._hashed)
+            if self._readback is None or len(self._readback) < n:
+                self._readback = bytearray(_CATCH_UP_STEP)
+            view = memoryview(self._readback)[:n]
             try:
-                data = os.pread(self.fd, n, self._hashed)
+                got = os.preadv(self.fd, [view], self._hashed)
             except OSError as exc:
                 raise local_error(exc, self.path, "cannot read back") from exc
-            if not data:
+            if not got:
                 return
-            self._sha.update(data)
-            self._hashed += len(data)
-            spent += len(data)
+            self._sha.update(view[:got])
+            self._hashed += got
+            spent += got
 
     def finish_sha256(self, size: int) -> str | None:
         """Hash whatever the stream did not (read back from the page cache)."""
         if self._sha is None:
             return None
-        with self._lock:
+        with self._sha_lock:
             self._catch_up()
+            self._readback = None
             if self._hashed != size:
                 raise LocalIOError(f"{self.path}: hashed {self._hashed} of {size} bytes")
             return self._sha.hexdigest()
 
+    def split(self, segment: Segment, at: int) -> Segment:
+        """Cut ``segment`` at ``at``: it now ends there, and a new segment takes the rest.
+
+        Done under the lock so that a checkpoint never sees the list half changed.
+        """
+        with self._lock:
+            if not segment.next_offset < at < segment.end:
+                raise ValueError("split point outside the segment's remaining range")
+            rest = Segment(at, segment.end)
+            segment.end = at
+            index = next(i for i, s in enumerate(self.segments) if s is segment)
+            self.segments.insert(index + 1, rest)
+            return rest
+
     def forget(self, segment: Segment) -> None:
         """Drop a segment's progress: its bytes will arrive again from its start."""
-        with self._lock:
+        with self._sha_lock, self._lock:
             segment.done = 0
             segment.crc64 = 0
             if self._sha is not None and self._hashed > segment.start:
-                self._sha = hashlib.sha256()
-                self._hashed = 0
-
-    def reset_sha(self) -> None:
-        with self._lock:
-            if self._sha is not None:
                 self._sha = hashlib.sha256()
                 self._hashed = 0
 

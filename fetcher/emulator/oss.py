@@ -214,12 +214,7 @@ class ObjectStore:
             stall_at = start + faults.stall_after
         corrupt = faults.corrupt_offset
         if corrupt is not None and not start <= corrupt < end:
-            corrupt = None  # only GETs that carry the byte count towards corrupt_times
-        if corrupt is not None and faults.corrupt_times is not None:
-            if faults.corrupt_times <= 0:
-                corrupt = None
-            else:
-                faults.corrupt_times -= 1
+            corrupt = None
         rate = faults.rate
         chunk = 1 << 20 if rate is None else max(4096, min(64 << 10, rate // 20))
         began = time.monotonic()
@@ -234,7 +229,13 @@ class ObjectStore:
             n = min(chunk, limit - pos)
             if n > 0:
                 data = obj.content.read(pos, n)
-                if corrupt is not None and pos <= corrupt < pos + n:
+                if corrupt is not None and pos <= corrupt < pos + n and (
+                    faults.corrupt_times is None or faults.corrupt_times > 0
+                ):
+                    # Counted when the byte is actually sent: a GET cut short before it
+                    # (the client took over the rest elsewhere) does not use up a fault.
+                    if faults.corrupt_times is not None:
+                        faults.corrupt_times -= 1
                     flipped = bytearray(data)
                     flipped[corrupt - pos] ^= 0xFF
                     data = bytes(flipped)
