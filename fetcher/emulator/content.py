@@ -10,7 +10,7 @@ import hashlib
 import os
 import random
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -90,9 +90,20 @@ class BytesContent(Content):
 
 @dataclass(eq=False)
 class FileContent(Content):
-    path: Path
+    """A file on disk, as it is now.
 
-    @cached_property
+    Replaced or rewritten, it is a new object at once: size, ETag and CRC64 follow the file
+    (a web server serving it does the same; the CRC64 is computed again only then).
+    """
+
+    path: Path
+    _crc: tuple[tuple[int, ...], int] | None = field(default=None, init=False, repr=False)
+
+    def _identity(self) -> tuple[int, ...]:
+        st = self.path.stat()
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    @property
     def size(self) -> int:  # type: ignore[override]
         return self.path.stat().st_size
 
@@ -100,10 +111,18 @@ class FileContent(Content):
         with open(self.path, "rb") as f:
             return os.pread(f.fileno(), length, offset)
 
-    @cached_property
+    @property
+    def crc64(self) -> int:
+        identity = self._identity()
+        if self._crc is None or self._crc[0] != identity:
+            crc = 0
+            for offset, length in self.chunks(0, identity[2], 8 << 20):
+                crc = checksum.crc64(self.read(offset, length), crc)
+            self._crc = (identity, crc)
+        return self._crc[1]
+
+    @property
     def md5_etag(self) -> str:
-        st = self.path.stat()
-        digest = hashlib.md5(
-            f"{self.path}:{st.st_size}:{st.st_mtime_ns}".encode(), usedforsecurity=False
-        )
+        # Opaque, like any ETag; from the file's identity rather than its bytes (cheap).
+        digest = hashlib.md5(f"{self.path}:{self._identity()}".encode(), usedforsecurity=False)
         return f'"{digest.hexdigest().upper()}"'
