@@ -20,15 +20,15 @@ What nginx does differently from OSS and from the emulator (each one is asserted
 * a range that starts at or past the end: 416 with ``Content-Range: bytes */<size>``; a
   reversed one: 416 too (OSS and the emulator: 200 with the whole object, for both);
 * HEAD is answered (OSS refuses HEAD on a URL signed for GET); error bodies are HTML;
-* a file shortened while it is being sent: nginx drops the connection (the emulator ends
-  the answer short of its Content-Length: xfail, for oss.py);
+* a file shortened while it is being sent: nginx drops the connection (the emulator used to
+  end the answer short of its Content-Length, leaving the client waiting: fixed in oss.py);
 * a file replaced on disk is a new object at once (new size and ETag). The emulator used to
   keep the size, ETag and CRC64 it first saw, serving new bytes under the old ETag: fixed
   in ``FileContent``.
 
-Engine bugs these show (xfail, strict): a 416 to a resume fails the file instead of starting
-over; with no ETag, the bounded first answer is taken for a broken connection; after a 412
-with a stale Checksum and no CRC64 header, the new object is fetched twice.
+Engine bugs these showed, fixed: a 416 to a resume failed the file instead of starting over;
+with no ETag, the bounded first answer was taken for a broken connection; after a 412 with a
+stale Checksum and no CRC64 header, the new object was fetched twice.
 """
 
 from __future__ import annotations
@@ -517,12 +517,6 @@ def test_file_replaced_but_api_names_the_old_bytes(nginx: Nginx, make_harness: A
     assert nginx.requests(s, "fast")[0].status == 412
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: after a 412 with the API's Checksum unchanged (_stale_checksum_suspect) and no "
-    "CRC64 header to decide early, a CRC64 mismatch downloads the whole file once more "
-    "instead of failing at once as 'the object changed, the API's Checksum names the old "
-    "object'"
-))
 def test_file_replaced_but_api_names_the_old_bytes_is_fetched_once(
     nginx: Nginx, make_harness: Any, tmp_path: Path
 ) -> None:
@@ -673,11 +667,6 @@ def read_while_shortened(url: str, path: Path) -> str:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "emulator (oss.py _send_body): a file shortened while it is being sent ends the answer "
-    "short of its Content-Length on a kept-alive connection, and the client waits for bytes "
-    "that never come; nginx drops the connection"
-))
 def test_a_file_shortened_while_sent_drops_the_connection_at_both(
     nginx: Nginx, make_harness: Any
 ) -> None:
@@ -704,12 +693,7 @@ def started(log: Path, proc: subprocess.Popen[str], sent: int) -> None:
 
 @pytest.mark.parametrize("retries", [
     "5",
-    pytest.param("0", marks=pytest.mark.xfail(strict=True, reason=(
-        "engine: with no ETag, _pin collapses the plan to one segment [0, size) but hands it "
-        "the discovery answer, which covers only the first planned segment; reading past its "
-        "end is taken for a broken connection: a retry spent (fatal with --retries 0) and "
-        "an unpinned second request"
-    ))),
+    "0",
 ])
 def test_without_etag_a_large_file(nginx: Nginx, make_harness: Any, tmp_path: Path, retries: str) -> None:
     """Nothing to pin ranges to: not split, never resumed, and no retry spent on it."""
@@ -748,11 +732,7 @@ def test_without_etag_a_kill_means_starting_over(nginx: Nginx, make_harness: Any
 
 @pytest.mark.parametrize("prefix", [
     "custins7001",
-    pytest.param("noetag", marks=pytest.mark.xfail(strict=True, reason=(
-        "engine: a 416 to a resume (start > 0) means the object is now shorter than the "
-        "offset, i.e. it changed; the engine fails the file ('range not satisfiable') "
-        "instead of starting over as it does for OSS's 200, a 412 or a new size"
-    ))),
+    "noetag",
 ], ids=["etag", "noetag"])
 def test_file_shortened_during_the_run_starts_over(
     nginx: Nginx, make_harness: Any, tmp_path: Path, prefix: str

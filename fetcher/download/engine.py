@@ -368,6 +368,16 @@ class FileTransfer:
                 self.d.reporter.file_event(self.file, "file.restart", f"starting over: {why.args[0]}")
                 continue
             expected, source = self._expected(outcome)
+            if expected is not None and outcome.crc64 != expected and self._stale_checksum_suspect:
+                # The object changed and the API still names the old bytes: fetching the new
+                # object again cannot make it match.
+                await self.d.in_thread(statefile.discard, self.target)
+                return self._failed(
+                    "the object changed, and the API's Checksum still names the old object "
+                    f"(expected {expected}, got {outcome.crc64})",
+                    size=outcome.size, crc64=outcome.crc64, crc64_expected=expected,
+                    crc64_source=source,
+                )
             if expected is not None and outcome.crc64 != expected:
                 await self.d.in_thread(statefile.discard, self.target)
                 state = None
@@ -686,14 +696,24 @@ class FileTransfer:
                     self.d.session, url, start=0, end=first_end, etag=None,
                     expected_total=None, timeout=self.d.timeout, send_range=send_range,
                 )
-                break
             except RangeNotSatisfiable:
                 send_range = False  # an empty object: ask for it whole
+                continue
             except UrlExpiredError as exc:
                 await self._refresh_url(url, exc)
+                continue
             except RetryableDownloadError as exc:
                 failures += 1
                 await self._retry_wait(failures, exc)
+                continue
+            if resp.partial and not resp.info.etag and first_end is not None:
+                # Nothing to pin ranges to (no ETag): one stream over the whole object, so
+                # ask again without the bound that was meant for the first piece.
+                resp.close()
+                first_end = None
+                self._no_segments = True
+                continue
+            break
         try:
             return resp, await self._pin(part, resp)
         except BaseException:

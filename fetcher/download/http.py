@@ -150,6 +150,9 @@ async def _check(
     ranged: bool,
 ) -> ObjectResponse:
     status = response.status
+    if status == 416 and ranged and start > 0:
+        # The object is now shorter than the offset asked for: it changed.
+        raise ObjectChangedError("the object changed (HTTP 416: it is now shorter)")
     if status not in (200, 206):
         # Error bodies are small XML documents; read a little to name the problem.
         try:

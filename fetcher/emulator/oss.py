@@ -229,6 +229,12 @@ class ObjectStore:
             n = min(chunk, limit - pos)
             if n > 0:
                 data = obj.content.read(pos, n)
+                if len(data) < n:
+                    # The file was cut short under the answer: drop the connection, as a
+                    # web server does, rather than leave the client waiting for bytes.
+                    if transport is not None:
+                        transport.close()
+                    return
                 if corrupt is not None and pos <= corrupt < pos + n and (
                     faults.corrupt_times is None or faults.corrupt_times > 0
                 ):
