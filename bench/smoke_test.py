@@ -1,9 +1,8 @@
 """Smoke test of the benchmark: ``bench/run.py --quick`` runs and prints its table.
 
 Never a timing assertion: the machine may be slow or shared. Skips (with the reason) where
-nginx, curl or aria2c are missing and cannot be installed. Run it with
-``pytest bench/smoke_test.py`` (it is not under ``tests/``, so the default run does not
-collect it; the lead decides where to hook it in).
+nginx, curl or aria2c are missing and cannot be installed. Part of the default test run
+(``testpaths`` includes ``bench``); ``.ci/run`` installs the three tools.
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, NoReturn, TypeVar
 
 import click
 
 from fetcher import __version__
 from fetcher import log as logmod
-from fetcher.api.client import DEFAULT_ENDPOINT, ClientConfig, RdsClient
+from fetcher.api import DEFAULT_ENDPOINT
 from fetcher.api.models import BackupSet
 from fetcher.credentials import Credentials, profile_region, resolve
 from fetcher.errors import (
@@ -40,6 +40,9 @@ from fetcher.filters import BACKUP_MODES, BACKUP_STATUSES, BACKUP_TYPES, BackupF
 from fetcher.log import event
 from fetcher.redact import SCRUB
 from fetcher.units import human_duration, human_size, parse_rate
+
+if TYPE_CHECKING:  # aiohttp takes ~0.3 s to import: only the commands that talk load it
+    from fetcher.api.client import ClientConfig, RdsClient
 
 T = TypeVar("T")
 
@@ -58,6 +61,8 @@ class Globals:
     log_format: str
 
     def client_config(self, region: str) -> ClientConfig:
+        from fetcher.api.client import ClientConfig
+
         base = float(os.environ.get("FETCHER_BACKOFF_BASE", "0.5") or 0.5)
         return ClientConfig(
             endpoint=self.endpoint, region=region, signature=self.signature,
@@ -69,16 +74,6 @@ class Globals:
 
 
 # ----------------------------------------------------------------------------- running
-
-
-def _uvloop_policy() -> None:
-    if os.environ.get("FETCHER_NO_UVLOOP"):
-        return
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -101,7 +96,6 @@ def run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
-    _uvloop_policy()
     try:
         return asyncio.run(guarded())
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -119,6 +113,8 @@ async def api_client(g: Globals, creds: Credentials) -> AsyncIterator[RdsClient]
         def on_retry(error: FetcherError, attempt: int, delay: float) -> None:
             event("api.retry", f"API: {error.message}; retry {attempt} in {delay:.1f}s",
                   level=logging.WARNING, reason=error.message, attempt=attempt)
+
+        from fetcher.api.client import RdsClient
 
         yield RdsClient(session, creds, g.client_config(region), on_retry=on_retry)
 

@@ -29,8 +29,7 @@ from fetcher.credentials import Credentials
 from fetcher.errors import ApiError, FetcherError, ThrottledError, TransportError, UsageError
 from fetcher.filters import BackupFilters
 
-API_VERSION = "2014-08-15"
-DEFAULT_ENDPOINT = "https://rds.aliyuncs.com"
+from fetcher.api import API_VERSION, DEFAULT_ENDPOINT  # noqa: F401 - re-exported
 PAGE_SIZE = 100
 USER_AGENT = "fetcher/0.1.0"
 
