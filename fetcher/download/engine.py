@@ -66,7 +66,9 @@ class DownloadConfig:
     checkpoint_seconds: float = 1.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
-    batch_bytes: int = 1 << 20
+    # Bytes handed to the file's writer thread at once: each hand-off costs a thread wake-up
+    # and a loop wake-up; measured on regime 1, 4 MiB used 12 % less CPU than 1 MiB.
+    batch_bytes: int = 4 << 20
     max_restarts: int = 3  # clean restarts because the object changed
     max_refreshes: int = 3  # URL refreshes in a row without progress
     url_margin: float = 5.0  # refresh a URL this close to its expiry before using it
@@ -822,6 +824,7 @@ class FileTransfer:
         pending: asyncio.Future[int] | None = None
         batch: list[bytes] = []
         batch_len = 0
+        flush_by = 0.0
         progress = self.d.reporter.file_progress
         key = id(seg)
         pos = seg.next_offset
@@ -855,13 +858,16 @@ class FileTransfer:
                 self.transferred += n
                 self.d.received += n
                 progress(self.file, n)
+                if not batch:
+                    # A slow link still reaches the disk (and the next checkpoint) often.
+                    flush_by = loop.time() + 0.25
                 batch.append(data)
                 batch_len += n
                 if broken is not None:
                     raise broken  # after keeping the bytes that did arrive
                 if limiter is not None:
                     await limiter.take(n)
-                if batch_len >= batch_limit or pos >= seg.end:
+                if batch_len >= batch_limit or pos >= seg.end or loop.time() >= flush_by:
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(self._writer, part.write, seg, batch)
