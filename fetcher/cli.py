@@ -303,7 +303,7 @@ def execute_fetch(g: Globals, creds: Credentials, options: Any, progress: bool) 
         )
         async with api_client(g, creds) as client, aiohttp.ClientSession(
             connector=connector, trust_env=True, auto_decompress=False,
-            read_bufsize=1 << 20,
+            read_bufsize=512 << 10,
         ) as session:
             return await run_fetch(client, session, options, reporter_factory=reporter)
 

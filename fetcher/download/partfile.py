@@ -21,7 +21,7 @@ from fetcher.download.state import Segment
 from fetcher.errors import LocalIOError
 from fetcher.units import human_size
 
-_CATCH_UP_STEP = 8 << 20
+_CATCH_UP_STEP = 4 << 20
 # Read-back done on behalf of one write is bounded, so that a segment that happens to be
 # next in line is not held up for long; what is left is read back on later writes or at
 # the end.
