@@ -607,7 +607,7 @@ class Row:
     samples: list[Sample] = field(default_factory=list)
 
     def med(self, attr: str) -> float:
-        return statistics.median(getattr(s, attr) for s in self.samples)
+        return float(statistics.median(getattr(s, attr) for s in self.samples))
 
     def rng(self, attr: str) -> tuple[float, float]:
         vals = [getattr(s, attr) for s in self.samples]

@@ -37,7 +37,8 @@ async def with_client(h: Harness, fn: Any, *, creds: Credentials | None = None, 
 
 def listing(h: Harness, filters: BackupFilters | None = None, **kw: Any) -> list[Any]:
     f = filters or BackupFilters(DEMO_INSTANCE)
-    return asyncio.run(with_client(h, lambda c: c.describe_backups(f), **kw))  # type: ignore[no-any-return]
+    found: list[Any] = asyncio.run(with_client(h, lambda c: c.describe_backups(f), **kw))
+    return found
 
 
 @pytest.mark.parametrize("signature", ["v3", "v1"])
@@ -123,9 +124,10 @@ def test_paging_survives_a_set_added_while_listing(make_harness: Any) -> None:
     def shifting(params: dict[str, str]) -> dict[str, Any]:
         if params.get("PageNumber") == "2" and inst.backups[0] is not added:
             inst.backups.insert(0, added)
-        return original(params)
+        doc: dict[str, Any] = original(params)
+        return doc
 
-    h.emu.api.describe_backups = shifting  # type: ignore[method-assign]
+    h.emu.api.describe_backups = shifting
     ids = [b.backup_id for b in listing(h, BackupFilters("rm-test0001"))]
     assert len(ids) == len(set(ids))
     # Every set that existed when listing began is there (the new one may or may not be).
