@@ -431,12 +431,13 @@ def verify(g: Globals, /, manifest_path: Path, fmt: str, deep: bool) -> int:
         for name in result.failed_entries:
             click.echo(f"{'NOTE':<8} {name}: recorded as failed, never archived")
         files_with = len({p.path for p in result.problems})
-        if result.ok and not damaged:
-            click.echo(f"verified {result.checked} file(s): all intact")
+        inside = f"; {len(damaged)} damaged archive(s) inside" if damaged else ""
+        if result.ok:
+            click.echo(f"verified {result.checked} file(s): all intact{inside}")
         else:
             click.echo(
                 f"verified {result.checked} file(s): {len(result.problems)} problem(s) in "
-                f"{files_with} file(s)" + (f", {len(damaged)} damaged archive(s)" if damaged else "")
+                f"{files_with} file(s){inside}"
             )
     return EXIT_OK if result.ok and not damaged else EXIT_FAILED
 
