@@ -402,13 +402,19 @@ def verify(g: Globals, /, manifest_path: Path, fmt: str, deep: bool) -> int:
     result = mf.verify(manifest, path.parent)
     deep_results: list[Any] = []
     if deep:
+        from concurrent.futures import ThreadPoolExecutor
+
         from fetcher.deep import inspect_archive
 
         broken = {p.path for p in result.problems}
-        for rec in manifest.files:
-            target = mf.resolve_inside(path.parent, rec.path)
-            if rec.vouched and rec.path not in broken and target is not None:
-                deep_results.append(inspect_archive(target, display_path=rec.path))
+        todo = [
+            (target, rec.path) for rec in manifest.files
+            if rec.vouched and rec.path not in broken
+            and (target := mf.resolve_inside(path.parent, rec.path)) is not None
+        ]
+        # zlib and CRC32 release the GIL: two archives at once use both cores.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            deep_results = list(pool.map(lambda t: inspect_archive(t[0], display_path=t[1]), todo))
     damaged = [d for d in deep_results if d.structure == "damaged"]
     if fmt == "json":
         doc = result.to_json()
