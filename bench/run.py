@@ -162,21 +162,19 @@ def stop_process(proc: subprocess.Popen[Any] | None, name: str, group: bool = Fa
     """SIGTERM (to its own process group when it leads one), then SIGKILL."""
     if proc is None or proc.poll() is not None:
         return
-    try:
-        if group:
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
             if group:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, sig)
             else:
-                proc.kill()
-            proc.wait(5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            log(f"could not stop {name} (pid {proc.pid})")
+                proc.send_signal(sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    log(f"could not stop {name} (pid {proc.pid})")
 
 
 def free_port() -> int:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from fetcher import checksum
 from tests.conftest import (

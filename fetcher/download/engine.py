@@ -1,13 +1,16 @@
 """The transfer engine: files at once, ranged segments, resume, URL refresh, verification.
 
 One ``FileTransfer`` per planned file. It pins the remote object (size, ETag, expected
-CRC64) in a state file beside ``<name>.part``, streams one or several ranged GETs into the
-part file through worker threads, checkpoints (fsync, then state) as it goes, and gives the
-file its final name only after the CRC64 computed from the arriving bytes matches.
+CRC64) in a state file beside ``<name>.part``, and fetches it as one range or, when
+connection slots are idle, as pieces that several streams take in file order (ranged GETs
+pinned with If-Match). Bytes reach the part file through one writer thread per file (CRC64
+per piece as they arrive, SHA-256 in file order), checkpoints (fsync, then state) follow as
+it goes, and the file gets its final name only after the CRC64, combined across pieces,
+matches.
 
 Failure handling, in one place:
 
-* a network error, truncated body, stall or 5xx: retry that segment from its last good
+* a network error, truncated body, stall or 5xx: retry that piece from its last good
   byte, with backoff; ``retries`` consecutive failures without progress fail the file;
 * a refused or expired URL: ask the API for the set again and carry on with the fresh URL
   (bounded: refusals without progress in between fail the file);
@@ -723,8 +726,7 @@ class FileTransfer:
             raise
 
     async def _pin(self, part: PartFile, resp: ObjectResponse) -> ResumeState:
-        """The resume state of a fresh download, from its first answer; space reserved."""
-        cfg = self.config
+        """The resume state of a fresh download, from its first answer; space checked."""
         total = resp.info.total
         if total is None:
             raise DownloadError("the server sent no Content-Length or Content-Range")
