@@ -12,6 +12,7 @@
     │   ├── ObjectChangedError                the object behind a URL changed (ETag, size, 412, 200 to a range)
     │   ├── UrlExpiredError                   OSS refused a signed URL as expired or bad
     │   ├── ArchivedObjectError               archive storage, not yet restored (InvalidObjectState)
+    │   ├── KeptPartialChanged                a kept partial no longer matches its resume state
     │   └── LocalIOError                      disk full, permission denied, ... while writing
     ├── IntegrityError                exit 1  CRC64 mismatch
     ├── LockedError                   exit 1  another fetch holds DEST's lock
@@ -135,6 +136,10 @@ class ArchivedObjectError(DownloadError):
 
 class LocalIOError(DownloadError):
     """Writing to the destination failed (disk full, permissions, ...)."""
+
+
+class KeptPartialChanged(DownloadError):
+    """Bytes kept from an earlier run no longer match the CRC64 their state recorded."""
 
 
 class IntegrityError(FetcherError):

@@ -887,3 +887,37 @@ def test_segmented_and_single_stream_give_the_same_bytes(make_harness: Any, tmp_
     assert len(seg_ranges) >= 4 and o.stats.ranges[len(seg_ranges):] == ["bytes=0-"]
     assert o.stats.bytes_sent == 2 * BIG
 
+
+
+# ----------------------------------------------------------------------------- a kept partial changed on disk
+
+
+@pytest.mark.parametrize("sha", ["sha256", "no-sha256"])
+def test_kept_partial_changed_on_disk_is_not_trusted(make_harness: Any, tmp_path: Path, sha: str) -> None:
+    """Bytes kept from an earlier run are checked against the CRC64 their state recorded
+    (on the SHA-256 read-back, or by reading them when SHA-256 is off): a partial changed
+    on disk between runs never ends up under the final name."""
+    size = 3 * MiB
+    h = start(make_harness, backup_doc("1", size=size))
+    o = obj(h, "1")
+    dest = tmp_path / "out"
+    kept = leave_partial(h, dest, "1")
+    path = target(h, dest, "1")
+    with open(part_of(path), "r+b") as f:  # bit rot inside the kept bytes
+        f.seek(kept // 2)
+        byte = f.read(1)
+        f.seek(kept // 2)
+        f.write(bytes([byte[0] ^ 0x40]))
+    sent = o.stats.bytes_sent
+    extra = () if sha == "sha256" else ("--no-sha256",)
+    r = fetch(h, dest, *extra)
+    assert r.code == 0, r.output
+    assert "kept partial changed on disk" in r.stderr
+    if sha == "sha256":
+        assert_verified(h, dest, "1")  # byte-exact, from a clean start
+    else:
+        assert path.read_bytes() == o.content.read(0, size)
+        entry = entries(dest)["1"]
+        assert entry["status"] == "verified" and entry["sha256"] is None
+        assert entry["crc64"] == str(o.crc64)
+    assert o.stats.bytes_sent - sent >= size  # the whole object again, not just the rest

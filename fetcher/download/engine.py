@@ -44,6 +44,7 @@ from fetcher.download.state import ResumeState, Segment
 from fetcher.errors import (
     ArchivedObjectError,
     DownloadError,
+    KeptPartialChanged,
     LocalIOError,
     ObjectChangedError,
     RetryableDownloadError,
@@ -477,6 +478,8 @@ class FileTransfer:
             else:
                 self.resumed = state.done_bytes()
                 await self.d.in_thread(part.ensure_space, state.size - state.done_bytes())
+                part.expect_kept(state.segments)
+                await self.d.in_thread(part.check_kept)
             self._state = state
             part.segments = state.segments
             self.d.reporter.file_started(self.file, state.size, state.done_bytes())
@@ -500,6 +503,8 @@ class FileTransfer:
             return _Outcome(state.size, crc, state.header_crc64, sha if isinstance(sha, str) else None)
         except ObjectChangedError as exc:
             await self._on_object_changed(exc)
+            raise _Restart(exc.message) from None
+        except KeptPartialChanged as exc:
             raise _Restart(exc.message) from None
         finally:
             if first is not None:

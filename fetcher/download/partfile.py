@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fetcher import checksum
 from fetcher.download.state import Segment
-from fetcher.errors import LocalIOError
+from fetcher.errors import KeptPartialChanged, LocalIOError
 from fetcher.units import human_size
 
 _CATCH_UP_STEP = 4 << 20
@@ -58,6 +58,10 @@ class PartFile:
         self._hashed = 0  # SHA-256 covers [0, _hashed)
         self._readback: bytearray | None = None
         self.segments: list[Segment] = []
+        # Bytes kept from an earlier run, as (start, end, CRC64 the state recorded): the
+        # SHA-256 read-back passes over them anyway, so it checks them on the way.
+        self._kept: list[tuple[int, int, int]] = []
+        self._kept_crc = 0
 
     # ------------------------------------------------------------------ set-up
 
@@ -162,6 +166,8 @@ class PartFile:
                 raise local_error(exc, self.path, "cannot read back") from exc
             if not got:
                 return
+            if self._kept:
+                self._check_kept(self._hashed, view[:got])
             self._sha.update(view[:got])
             self._hashed += got
             spent += got
@@ -176,6 +182,53 @@ class PartFile:
             if self._hashed != size:
                 raise LocalIOError(f"{self.path}: hashed {self._hashed} of {size} bytes")
             return self._sha.hexdigest()
+
+    def expect_kept(self, segments: Sequence[Segment]) -> None:
+        """Check the kept bytes of ``segments`` against the CRC64 their state recorded.
+
+        A partial changed on disk between runs would otherwise end up under the final name
+        with a manifest vouching for a CRC64 it does not have. With SHA-256 on, the
+        read-back for the hash checks them on the way; without, ``check_kept`` reads them.
+        """
+        self._kept = [(s.start, s.start + s.done, s.crc64) for s in segments if s.done]
+        self._kept_crc = 0
+
+    def check_kept(self) -> None:
+        """Read the kept bytes back and check them (when no SHA-256 read-back will)."""
+        if self._sha is not None:
+            return
+        buf = bytearray(_CATCH_UP_STEP)
+        while self._kept:
+            start, stop, _ = self._kept[0]
+            offset = start
+            while offset < stop:
+                n = min(_CATCH_UP_STEP, stop - offset)
+                try:
+                    got = os.preadv(self.fd, [memoryview(buf)[:n]], offset)
+                except OSError as exc:
+                    raise local_error(exc, self.path, "cannot read back") from exc
+                if got <= 0:
+                    raise KeptPartialChanged("the kept partial is shorter than its state says")
+                self._check_kept(offset, memoryview(buf)[:got])
+                offset += got
+
+    def _check_kept(self, offset: int, data: memoryview) -> None:
+        """Feed read-back bytes at ``offset`` to the kept ranges they belong to."""
+        end = offset + len(data)
+        while self._kept and self._kept[0][0] < end:
+            start, stop, expected = self._kept[0]
+            lo, hi = max(start, offset), min(stop, end)
+            if lo < hi:
+                self._kept_crc = checksum.crc64(data[lo - offset : hi - offset], self._kept_crc)
+            if stop > end:
+                return
+            self._kept.pop(0)
+            crc, self._kept_crc = self._kept_crc, 0
+            if crc != expected:
+                raise KeptPartialChanged(
+                    f"the kept partial changed on disk (bytes {start}-{stop - 1} no longer "
+                    "match their recorded CRC64)"
+                )
 
     def split(self, segment: Segment, at: int) -> Segment:
         """Cut ``segment`` at ``at``: it now ends there, and a new segment takes the rest.
