@@ -299,11 +299,12 @@ def load(path: Path | None = None, doc: dict[str, Any] | None = None) -> DataSet
     """Load a data set file (default: the built-in demo data) or an already-decoded one."""
     base = Path.cwd()
     if doc is None:
+        what = "--data" if path is not None else "the built-in demo data set"
         path = path or DEMO_DATA
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UsageError(f"--data: cannot read {path}: {exc}") from None
+            raise UsageError(f"{what}: cannot read {path}: {exc}") from None
         base = path.parent
     if not isinstance(doc, dict):
         raise UsageError("data set: the document must be a JSON object")
