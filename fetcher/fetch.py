@@ -320,7 +320,7 @@ async def run_fetch(
         write_lock = asyncio.Lock()
         sums = options.download.sha256
 
-        async def save(final: bool) -> None:
+        async def save() -> None:
             snapshot = mf.merge(old, list(records), skip_records(run_skips))
             try:
                 await asyncio.to_thread(mf.write, dest, snapshot, sha256sums=sums)
@@ -339,7 +339,7 @@ async def run_fetch(
                 async with write_lock:
                     last_write = time.monotonic()
                     try:
-                        await save(final=False)
+                        await save()
                     except LocalIOError as exc:
                         # Not worth stopping the other transfers for; the final write
                         # tries again and reports it.
@@ -363,7 +363,7 @@ async def run_fetch(
                 close()
             async with write_lock:
                 try:
-                    await asyncio.shield(save(final=True))
+                    await asyncio.shield(save())
                 except LocalIOError as exc:
                     if not interrupted:
                         raise

@@ -116,10 +116,10 @@ class PartFile:
             segment.crc64 = crc
             segment.done += total
         if self._sha is not None:
-            self._feed_sha(offset, chunks)
+            self._feed_sha(offset, chunks, total)
         return total
 
-    def _feed_sha(self, offset: int, chunks: Sequence[bytes]) -> None:
+    def _feed_sha(self, offset: int, chunks: Sequence[bytes], total: int) -> None:
         """Hash these bytes from memory if they are next in line, else leave them for later.
 
         Only one thread hashes at a time, and no writer waits for it: a writer that finds
@@ -134,7 +134,7 @@ class PartFile:
             if self._hashed == offset:
                 for c in chunks:
                     self._sha.update(c)
-                self._hashed += sum(len(c) for c in chunks)
+                self._hashed += total
         finally:
             self._sha_lock.release()
 
